@@ -1,0 +1,35 @@
+# Innkeeper: the two commands a user needs are `make demo` and `make test`.
+# Every install step lives here so a fresh clone works with nothing but python3 and network access to PyPI.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv models demo test lint bench clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+models: venv
+	$(BIN)/innkeeper models
+
+demo: models
+	$(BIN)/innkeeper demo
+
+test: models
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check .
+
+bench: models
+	$(BIN)/python benchmarks/llm.py
+
+clean:
+	rm -rf $(VENV) .innkeeper

