@@ -12,4 +12,8 @@ CODE_PATTERN = re.compile(rf"\b[{CODE_ALPHABET}]{{{CODE_LENGTH}}}\b")
 
 
 def new_confirmation_code() -> str:
-    return "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+    """A random code with at least one letter and one digit, so no code is an ordinary word."""
+    while True:
+        code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+        if any(c.isdigit() for c in code) and any(c.isalpha() for c in code):
+            return code

@@ -1,0 +1,65 @@
+"""The serving process's shared pieces: one database, hotel, tool set, call log and LLM for all calls.
+
+Built once per process from `Settings`; each caller gets a cheap `Conversation` from it. The
+language model sits behind one attribute so a later model swap replaces it between turns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+from agent.brain import Conversation
+from agent.calllog import CallLog
+from agent.hotel import HotelProfile, load_hotel
+from agent.tools import HotelTools
+from agent.wording import TextStreamer
+from innkeeper.db.database import Database
+from innkeeper.settings import Settings
+
+
+def hotel_today(settings: Settings, hotel: HotelProfile) -> Callable[[], date]:
+    """'Today' for date understanding: pinned by settings, else the date in the hotel's timezone."""
+    if settings.today is not None:
+        pinned = settings.today
+        return lambda: pinned
+    zone = ZoneInfo(settings.timezone or hotel.timezone)
+    return lambda: datetime.now(zone).date()
+
+
+class AgentRuntime:
+    def __init__(self, settings: Settings, *, llm: TextStreamer | None, db: Database | None = None):
+        self.settings = settings
+        self.hotel = load_hotel(settings.hotel_file)
+        self.db = db or Database.from_settings(settings)
+        self.today = hotel_today(settings, self.hotel)
+        self.tools = HotelTools(self.db, self.hotel, today=self.today)
+        self.call_log = CallLog(self.db)
+        self.llm = llm
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, use_llm: bool = True) -> AgentRuntime:
+        """Migrate and seed the database, load the configured LLM (verified) and return the runtime."""
+        db = Database.from_settings(settings)
+        db.migrate()
+        db.seed(load_hotel(settings.hotel_file))
+        llm = None
+        if use_llm:
+            from agent.llm import load_chat_model  # torch import only when a model is wanted
+
+            llm = load_chat_model(settings)
+        return cls(settings, llm=llm, db=db)
+
+    def new_conversation(self, *, channel: str = "text", caller_number: str | None = None) -> Conversation:
+        return Conversation(
+            hotel=self.hotel,
+            tools=self.tools,
+            call_log=self.call_log,
+            llm=self.llm,
+            today=self.today,
+            channel=channel,
+            caller_number=caller_number,
+            max_new_tokens=self.settings.llm_max_new_tokens,
+            temperature=self.settings.llm_temperature,
+        )
