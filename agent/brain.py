@@ -25,8 +25,12 @@ from agent.hotel import HotelProfile
 from agent.policy import InputProblem, clean_utterance
 from agent.tools import HotelTools
 from agent.wording import ReplyWriter, TextStreamer
+from innkeeper.db.database import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
+
+# A database that is down or refusing writes: the call goes on, the turns wait in memory.
+_DB_ERRORS = (SQLAlchemyError, DatabaseUnavailable)
 
 _BAD_INPUT_REPLIES = {
     InputProblem.EMPTY: "Sorry, I didn't catch that. Could you say it again?",
@@ -157,7 +161,7 @@ class Conversation:
         await self._flush()
         try:
             await asyncio.to_thread(self.call_log.end_call, self.call_id, reason=reason)
-        except SQLAlchemyError as err:
+        except _DB_ERRORS as err:
             log.error("could not close call %s: %s", self.call_id, err)
 
     # ------------------------------------------------------------------ internals
@@ -172,7 +176,7 @@ class Conversation:
             return masked, plan
         try:
             return masked, await asyncio.to_thread(self.dialogue.handle, masked)
-        except SQLAlchemyError as err:
+        except _DB_ERRORS as err:
             log.error("tool call failed on call %s: %s", self.call_id, err)
             return masked, ReplyPlan("system_trouble", [_SYSTEM_TROUBLE])
 
@@ -206,7 +210,7 @@ class Conversation:
         if self.call_id is None:
             try:
                 await self.start()
-            except SQLAlchemyError as err:
+            except _DB_ERRORS as err:
                 log.error("call log unavailable, keeping %d turns in memory: %s", len(self._unsaved), err)
                 return
         while self._unsaved:
@@ -223,7 +227,7 @@ class Conversation:
                     tool_calls=turn.tool_calls,
                     latencies=turn.latencies,
                 )
-            except SQLAlchemyError as err:
+            except _DB_ERRORS as err:
                 log.error("call log unavailable, keeping %d turns in memory: %s", len(self._unsaved), err)
                 return
             self._unsaved.pop(0)

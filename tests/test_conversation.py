@@ -195,3 +195,49 @@ def test_sold_out_room_type_is_not_offered(runtime):
     assert "Harbor Suite" not in replies[0]
     assert "sold out" in replies[1]
     assert tools.quote("deluxe", date(2026, 12, 7), date(2026, 12, 9)).total > Decimal(0)
+
+
+@pytest.mark.real_model
+def test_booking_with_the_bundled_model_keeps_every_fact_exact(sqlite_db, tmp_path):
+    """The real SmolLM2 words the replies; the booking and the read-back facts must still be exact."""
+    from agent.llm import load_chat_model
+    from innkeeper.provision import ModelIntegrityError
+
+    settings = Settings(home=tmp_path, today=TODAY, database_url=sqlite_db.engine.url.render_as_string(False))
+    try:
+        llm = load_chat_model(settings)
+    except ModelIntegrityError as err:
+        pytest.skip(f"bundled model not provisioned: {err}")
+    runtime = AgentRuntime(settings, llm=llm, db=sqlite_db)
+    booking, replies, convo = book_ana(runtime)
+    assert (booking.check_in, booking.check_out, booking.room_type) == (date(2026, 12, 7), date(2026, 12, 11), "deluxe")
+    for fact in ("December 7", "December 11", "4 nights", "Shall I book it?"):
+        assert fact in replies[-2]
+    assert booking.code in replies[-1]
+    assert convo.model_version == llm.version != "template"
+
+
+def test_a_database_outage_costs_an_apology_not_the_call(sqlite_db, tmp_path):
+    from agent.calllog import CallLog
+    from agent.tools import HotelTools
+    from innkeeper.db.database import Database
+
+    settings = Settings(home=tmp_path, today=TODAY)
+    down = Database("postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=1")
+    runtime = AgentRuntime(settings, llm=None, db=down)
+
+    async def run():
+        convo = runtime.new_conversation()
+        first = await convo.reply("I'd like to book a room from December 7 to December 9 for two people.")
+        assert "trouble" in first and convo.call_id is None
+        # The database comes back: the next turn writes the waiting turns first, in order.
+        convo.call_log = CallLog(sqlite_db)
+        convo.dialogue.tools = HotelTools(sqlite_db, runtime.hotel, today=lambda: TODAY)
+        second = await convo.reply("I'd like to book a room from December 7 to December 9 for two people.")
+        return convo, first, second
+
+    convo, _, second = asyncio.run(run())
+    assert "Which would you like?" in second
+    with sqlite_db.session() as s:
+        texts = [t.text for t in s.scalars(select(Turn).where(Turn.call_id == convo.call_id).order_by(Turn.index))]
+    assert len(texts) == 4 and "trouble" in texts[1] and texts[0] == texts[2]

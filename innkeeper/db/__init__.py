@@ -1,0 +1,1 @@
+"""The hotel database: its tables (`schema`), Alembic migrations and the `Database` connection."""
