@@ -287,7 +287,7 @@ class DialogueManager:
         if not rooms:
             return self._reset_dates_plan_no_rooms()
         self.pending = "room_type"
-        options = [f"the {r.name} at {say_money(min(r.nightly_rates))} a night" for r in rooms]
+        options = [f"the {r.name} {_rate_phrase(r.nightly_rates)}" for r in rooms]
         listing = options[0] if len(options) == 1 else ", ".join(options[:-1]) + f", or {options[-1]}"
         guests = plural(self.draft.guests or 1, "guest")
         return ReplyPlan(
@@ -613,6 +613,11 @@ class DialogueManager:
             raise
         record["result"] = _jsonable(result)
         return result
+
+
+def _rate_phrase(rates: tuple) -> str:
+    lowest = say_money(min(rates))
+    return f"at {lowest} a night" if len(set(rates)) == 1 else f"from {lowest} a night"
 
 
 def mask_turn(text: str) -> tuple[str, int, bool]:

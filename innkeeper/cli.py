@@ -114,7 +114,7 @@ def chat(
     asyncio.run(_chat_loop(runtime, interactive=sys.stdin.isatty()))
 
 
-async def _chat_loop(runtime, *, interactive: bool) -> None:  # noqa: ANN001 - AgentRuntime, imported lazily
+async def _chat_loop(runtime, *, interactive: bool) -> None:
     conversation = runtime.new_conversation(channel="text")
     await conversation.start()
     print(f"agent: {await conversation.greet()}", flush=True)
@@ -183,7 +183,7 @@ def demo(
         raise typer.Exit(1)
 
 
-async def _run_demo(runtime) -> None:  # noqa: ANN001 - AgentRuntime, imported lazily
+async def _run_demo(runtime) -> None:
     conversation = runtime.new_conversation(channel="text")
     await conversation.start()
     console.print(f"[cyan]agent:[/] {await conversation.greet()}")

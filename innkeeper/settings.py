@@ -35,6 +35,10 @@ class Settings(BaseSettings):
         "PostgreSQL: postgresql+psycopg://user:pass@host/db",
     )
     hotel_file: Path = Field(default=PROJECT_ROOT / "data" / "hotel.yaml")
+    shared_data: Path = Field(
+        default=PROJECT_ROOT.parent / "shared" / "data",
+        description="Read-only dialogue and evaluation sets (dialogues/, eval/) used by tuning.",
+    )
 
     llm_model: str = Field(
         default="bundled",
