@@ -21,9 +21,11 @@ app = typer.Typer(help="Innkeeper: a self-hosted voice agent for hotels.", no_ar
 db_app = typer.Typer(help="Database schema and seed data.", no_args_is_help=True)
 bookings_app = typer.Typer(help="Bookings in the hotel database.", no_args_is_help=True)
 models_app = typer.Typer(help="Bundled models: provision and verify (default), list.")
+data_app = typer.Typer(help="Training data: import the shared hotel dialogues.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(bookings_app, name="bookings")
 app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -80,6 +82,29 @@ def _redact(url: str) -> str:
         scheme, rest = url.split("://", 1)
         return f"{scheme}://***@{rest.split('@', 1)[1]}"
     return url
+
+
+# ---------------------------------------------------------------------- data
+@data_app.command("import")
+def data_import(
+    sources: Annotated[
+        list[str] | None, typer.Option("--source", help="star_hotel, sgd_hotels or multiwoz_hotel (repeatable)")
+    ] = None,
+) -> None:
+    """Import the real hotel dialogues from the shared data folder as calls (idempotent)."""
+    from innkeeper.db.database import Database
+    from tuning.data import import_dialogues, load_shared_dialogues
+
+    settings = _settings()
+    dialogues = (
+        load_shared_dialogues(settings.shared_data, tuple(sources))
+        if sources
+        else load_shared_dialogues(settings.shared_data)
+    )
+    db = Database.from_settings(settings)
+    db.migrate()
+    added = import_dialogues(db, dialogues)
+    console.print(f"{len(dialogues)} dialogues read from {settings.shared_data / 'dialogues'}; {added} new imported")
 
 
 # ---------------------------------------------------------------------- bookings
