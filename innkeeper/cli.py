@@ -21,11 +21,13 @@ app = typer.Typer(help="Innkeeper: a self-hosted voice agent for hotels.", no_ar
 db_app = typer.Typer(help="Database schema and seed data.", no_args_is_help=True)
 bookings_app = typer.Typer(help="Bookings in the hotel database.", no_args_is_help=True)
 models_app = typer.Typer(help="Bundled models: provision and verify (default), list.")
+tune_app = typer.Typer(help="Forgetting-resistant tuning: align, run, eval.", no_args_is_help=True)
 data_app = typer.Typer(help="Training data: import the shared hotel dialogues.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(bookings_app, name="bookings")
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+app.add_typer(tune_app, name="tune")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -105,6 +107,71 @@ def data_import(
     db.migrate()
     added = import_dialogues(db, dialogues)
     console.print(f"{len(dialogues)} dialogues read from {settings.shared_data / 'dialogues'}; {added} new imported")
+
+
+# ---------------------------------------------------------------------- tuning
+def _tune_config(settings: Settings, **overrides: object):
+    from tuning.projected import ProjectedConfig
+
+    values = {
+        "eps": settings.tune_eps,
+        "row_budget": settings.tune_row_budget,
+        "lr": settings.tune_lr,
+        "steps": settings.tune_steps,
+        "batch_size": settings.tune_batch_size,
+        "eval_every": max(settings.tune_steps // 4, 1),
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return ProjectedConfig(**values)
+
+
+@tune_app.command("align")
+def tune_align(
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
+    eps: Annotated[float | None, typer.Option(help="Protected energy fraction.")] = None,
+) -> None:
+    """Make the guarded base: teach refusals and hotel policies with the projected method."""
+    from tuning.pipeline import align, guarded_dir, outcome_summary
+
+    settings = _settings()
+    outcome = align(settings, _tune_config(settings, steps=steps, eps=eps))
+    console.print_json(json.dumps(outcome_summary(outcome), default=str))
+    console.print(f"guarded base exported to {guarded_dir(settings)}; evaluate it with "
+                  f"`innkeeper tune eval --model {guarded_dir(settings)} --base <raw model dir>`")
+
+
+@tune_app.command("run")
+def tune_run(
+    method: Annotated[str | None, typer.Option(help="projected | full | lora | replay")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
+    eps: Annotated[float | None, typer.Option(help="Protected energy fraction.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    row_budget: Annotated[float | None, typer.Option(help="Fraction of output rows allowed to change.")] = None,
+) -> None:
+    """Domain tuning on the logged and imported conversations, from the guarded base."""
+    from innkeeper.db.database import Database
+    from tuning.pipeline import outcome_summary, run_domain_tuning
+
+    settings = _settings()
+    db = Database.from_settings(settings)
+    db.migrate()
+    cfg = _tune_config(settings, steps=steps, eps=eps, lr=lr, row_budget=row_budget)
+    outcome = run_domain_tuning(settings, method=method or settings.tune_method, cfg=cfg, db=db)
+    console.print_json(json.dumps(outcome_summary(outcome), default=str))
+
+
+@tune_app.command("eval")
+def tune_eval(
+    model: Annotated[Path, typer.Option(help="A model directory or a tuning artifact directory.")],
+    base: Annotated[Path | None, typer.Option(help="Compare against this model (default: its base).")] = None,
+    size: Annotated[str | None, typer.Option(help="tiny | small | medium | large")] = None,
+) -> None:
+    """Domain proficiency, retention, knowledge and safety of a model against its base."""
+    from tuning.pipeline import evaluate_model
+
+    settings = _settings()
+    _, _, table = evaluate_model(settings, model, base_path=base, size=size or settings.tune_eval_size)
+    print(table)
 
 
 # ---------------------------------------------------------------------- bookings

@@ -56,6 +56,15 @@ class Settings(BaseSettings):
 
     payment_link_base: str = "https://pay.innkeeper.example/secure/"
 
+    # Tuning defaults (`innkeeper tune ...` options override them).
+    tune_method: str = Field(default="projected", description="projected | full | lora | replay")
+    tune_eps: float = Field(default=0.9, description="protected energy fraction per layer")
+    tune_row_budget: float = Field(default=1.0, description="fraction of output rows allowed to change")
+    tune_lr: float = 2e-4
+    tune_steps: int = 40
+    tune_batch_size: int = 4
+    tune_eval_size: str = Field(default="medium", description="tiny | small | medium | large evaluation suite")
+
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'innkeeper.db'}"

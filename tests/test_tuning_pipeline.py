@@ -1,0 +1,48 @@
+"""End to end on a tiny random model: align → domain tuning → evaluation, as the CLI runs them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agent.llm import ChatModel, build_tiny_chat_model
+from innkeeper.settings import Settings
+from tuning.artifacts import verify_artifact
+from tuning.data import import_dialogues, load_shared_dialogues
+from tuning.pipeline import CorpusSize, align, evaluate_model, guarded_dir, run_domain_tuning, start_model_dir
+from tuning.projected import ProjectedConfig
+
+SIZE = CorpusSize(text_tokens=512, chats=2, safety=4, max_len=128)
+
+
+@pytest.fixture(scope="module")
+def tiny_settings(tmp_path_factory) -> Settings:
+    root = tmp_path_factory.mktemp("tuning")
+    model_dir = build_tiny_chat_model(root / "tiny")
+    settings = Settings(home=root / "home", llm_model=str(model_dir))
+    if not (settings.shared_data / "dialogues").is_dir():
+        pytest.skip(f"shared data not found at {settings.shared_data}")
+    return settings
+
+
+def test_align_then_tune_then_eval(tiny_settings, sqlite_db):
+    cfg = ProjectedConfig(steps=3, batch_size=2, eps=0.9, lr=1e-3, eval_every=1, progress=False)
+
+    guarded = align(tiny_settings, cfg, size=SIZE)
+    assert verify_artifact(guarded.artifact) == []
+    assert start_model_dir(tiny_settings) == guarded_dir(tiny_settings)
+    ChatModel(guarded_dir(tiny_settings))  # the exported guarded base loads as a plain model
+
+    import_dialogues(sqlite_db, load_shared_dialogues(tiny_settings.shared_data, ("star_hotel",))[:40])
+    tuned = run_domain_tuning(tiny_settings, method="projected", cfg=cfg, db=sqlite_db, size=SIZE)
+    assert verify_artifact(tuned.artifact) == []
+    manifest = json.loads((tuned.artifact / "manifest.json").read_text())
+    assert manifest["lineage"]["dialogues"] and all(d.startswith("star:") for d in manifest["lineage"]["dialogues"])
+    assert tuned.metrics["steps"] == 3 and 0.0 < tuned.metrics["mean_kept_fraction"] <= 1.0
+    assert tuned.base_dir == guarded_dir(tiny_settings)
+
+    result, base_result, table = evaluate_model(tiny_settings, tuned.artifact, size="tiny")
+    assert result["base_model"] == base_result["model"]
+    assert "general" in json.dumps(result["measures"]).lower()
+    assert table.strip()
