@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from agent.llm import ChatModel
@@ -325,15 +326,21 @@ class _BaseReplies:
         self.path = cache_dir / f"base-replies-{_slug(model_id or '')}.json" if cache_dir else None
         self.replies: dict[str, str] = self._read()
         self.changed = False
+        self._progress: tqdm | None = None  # opened on the first reply that must be generated
 
     def get(self, messages: list[dict[str, str]]) -> str:
         key = hashlib.sha256(json.dumps([REPLY_TOKENS, messages]).encode()).hexdigest()
         if key not in self.replies:
+            if self._progress is None:
+                self._progress = tqdm(desc="base-model replies", unit="reply")
             self.replies[key] = _greedy_reply(self.model, self.tokenizer, messages)
+            self._progress.update()
             self.changed = True
         return self.replies[key]
 
     def save(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
         if self.path is None or not self.changed:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)

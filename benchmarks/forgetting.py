@@ -1,0 +1,229 @@
+"""Learning vs forgetting on the hotel dialogues: full fine-tuning, LoRA, replay and the projected method.
+
+Every method starts from the same model (the guarded base once `innkeeper tune align` has run, else the
+bundled model), trains on the same train split with the same loop, and stops either at the step budget or
+at *matched domain gain*: the held-out domain loss that full fine-tuning reaches at 90% of its own
+reduction after `--steps` steps. Each tuned model is then evaluated against the start model on retention
+(general-text NLL, chat KL), knowledge (chance-corrected multiple choice) and safety (refusals,
+over-refusal, policy probes). Prints a table, writes JSON and a Pareto plot (PNG).
+
+    .venv/bin/python benchmarks/forgetting.py --steps 40            # the README's table
+    .venv/bin/python benchmarks/forgetting.py --steps 400 --budget 2  # long training
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agent.llm import ChatModel
+from innkeeper.settings import Settings
+from tuning import evaluate
+from tuning.pipeline import (
+    CorpusSize,
+    as_batches,
+    domain_splits,
+    load_for_eval,
+    mean_loss,
+    protected_examples,
+    start_model_dir,
+    tune,
+    tuning_root,
+)
+from tuning.projected import ProjectedConfig
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# (method, config overrides, method options): learning rates as the issue's measured floor used them.
+METHODS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "full": ("full", {"lr": 5e-5}, {}),
+    "lora": ("lora", {"lr": 5e-4}, {"r": 16, "alpha": 32}),
+    "replay": ("replay", {"lr": 5e-5}, {"ratio": 0.25}),
+    "projected ε=0.90": ("projected", {"lr": 2e-4, "eps": 0.90}, {}),
+    "projected ε=0.90 rows=25%": ("projected", {"lr": 2e-4, "eps": 0.90, "row_budget": 0.25}, {}),
+    "projected ε=0.99": ("projected", {"lr": 5e-4, "eps": 0.99}, {}),
+}
+
+
+def main() -> None:
+    args = _parse()
+    settings = Settings()
+    console = Console()
+    base_dir = start_model_dir(settings)
+    base = ChatModel(base_dir)
+    splits = domain_splits(settings, base.tokenizer)
+    dev = splits["dev"][: args.dev_examples]
+    base_cfg = ProjectedConfig(steps=args.steps, batch_size=4, eval_every=args.eval_every, seed=0, progress=True)
+    protected = protected_examples(base, settings, CorpusSize())
+    suite = _suite(settings, base, args)
+    base_result = _base_result(settings, base, suite, args.suite)
+    start_loss = mean_loss(base.model, as_batches(dev, base.tokenizer, 4, 0))
+    console.print(f"start model {base.version}; held-out domain loss {start_loss:.3f}; "
+                  f"{len(splits['train'])} train / {len(dev)} dev examples")
+
+    rows: list[dict[str, Any]] = []
+    target = None
+    for label in args.methods:
+        method, overrides, options = METHODS[label]
+        cfg = base_cfg.model_copy(update=overrides)
+        if target is not None:  # matched gain: stop where full fine-tuning's 90% reduction is reached
+            cfg = cfg.model_copy(update={"steps": args.steps * args.budget, "target_loss": target})
+        row = _run(settings, label, method, cfg, options, base_dir, splits["train"], dev, protected, args)
+        if label == "full":
+            target = start_loss - 0.9 * (start_loss - row["domain_loss"])
+            row["note"] = f"sets the target loss {target:.3f}"
+        tuned, _ = load_for_eval(Path(row["artifact"]))
+        result = evaluate.run_suite(
+            tuned.model, tuned.tokenizer, suite=suite,
+            base=evaluate.Baseline(result=base_result, model=base.model), model_id=label,
+        )
+        row.update(_retention(result, base_result))
+        row["domain_gain"] = start_loss - row["domain_loss"]
+        rows.append(row)
+        _save(rows, start_loss, base.version, args)
+    full_gain = next((r["domain_gain"] for r in rows if r["label"] == "full"), None)
+    for row in rows:
+        row["gain_vs_full"] = row["domain_gain"] / full_gain if full_gain else None
+    _save(rows, start_loss, base.version, args)
+    console.print(_table(rows, start_loss))
+    _plot(rows, RESULTS / "forgetting.png")
+    console.print(f"wrote {RESULTS / 'forgetting.json'} and {RESULTS / 'forgetting.png'}")
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=40, help="full fine-tuning's steps (sets the target)")
+    parser.add_argument("--budget", type=int, default=2, help="step budget of the others, × --steps")
+    parser.add_argument("--eval-every", type=int, default=5)
+    parser.add_argument("--dev-examples", type=int, default=48)
+    parser.add_argument("--suite", default="bench", help="evaluation suite size name (cached per base)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    args = parser.parse_args()
+    if args.methods[0] != "full":
+        parser.error("the first method must be 'full': it sets the matched-gain target")
+    return args
+
+
+def _suite(settings: Settings, base: ChatModel, args: argparse.Namespace) -> evaluate.EvalSuite:
+    """Retention, knowledge and safety, sized for two CPU cores (the domain is measured by the loop)."""
+    suite = evaluate.default_suite(settings, base.tokenizer, "medium")
+    above_chance = {k: v for k, v in suite.mc_tasks.items() if k in ("hellaswag", "arc_easy", "piqa")}
+    return replace(suite, domain_examples=(), mc_tasks=above_chance, mc_n=150, harmful_n=40, safe_n=30)
+
+
+def _base_result(settings: Settings, base: ChatModel, suite: evaluate.EvalSuite, name: str) -> dict[str, Any]:
+    cache = tuning_root(settings) / "cache" / f"bench-base-{base.version}-{name}.json"
+    if not cache.exists():
+        evaluate.save_result(evaluate.run_suite(base.model, base.tokenizer, suite=suite, model_id="base"), cache)
+    return evaluate.load_result(cache)
+
+
+def _run(settings, label, method, cfg, options, base_dir, train, dev, protected, args) -> dict[str, Any]:
+    started = time.perf_counter()
+    outcome = tune(
+        settings, method=method, cfg=cfg, base_dir=base_dir, train_examples=train, eval_examples=dev,
+        out_dir=tuning_root(settings) / "bench" / f"{time.strftime('%Y%m%d-%H%M%S')}-{method}",
+        lineage={"benchmark": "forgetting"}, protected=protected, method_options=options,
+    )
+    return {
+        "label": label,
+        "method": method,
+        "config": {**cfg.model_dump(mode="json", include={"lr", "eps", "row_budget", "steps", "target_loss"}),
+                   **options},
+        "steps": outcome.result.steps,
+        "reached_target": outcome.result.steps_to_target,
+        "domain_loss": outcome.metrics["domain_loss_after"],
+        "step_seconds": outcome.metrics["mean_step_seconds"],
+        "peak_rss_mb": outcome.metrics["peak_rss_mb"],
+        "kept_fraction": outcome.metrics["mean_kept_fraction"],
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "artifact": str(outcome.artifact),
+    }
+
+
+def _retention(result: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    measures, base_measures = result["measures"], base["measures"]
+    mc = {
+        task: (node["acc_norm"]["chance_corrected"], base_measures["mc"][task]["acc_norm"]["chance_corrected"])
+        for task, node in measures["mc"].items()
+    }
+    safety = measures["safety"]
+    harmful = next(v for k, v in safety.items() if k.startswith("harmful"))
+    base_harmful = next(v for k, v in base_measures["safety"].items() if k.startswith("harmful"))
+    safe = next(v for k, v in safety.items() if k.startswith("safe"))
+    base_safe = next(v for k, v in base_measures["safety"].items() if k.startswith("safe"))
+    return {
+        "general_nll_delta_pct": measures["general_nll"]["delta_pct"],
+        "chat_kl": measures["chat_kl"]["kl"],
+        "mc_chance_corrected": {t: v for t, (v, _) in mc.items()},
+        "mc_retained": sum(v for v, _ in mc.values()) / max(sum(b for _, b in mc.values()), 1e-9),
+        "refusal": harmful["refusal"]["value"],
+        "refusal_base": base_harmful["refusal"]["value"],
+        "over_refusal": safe["refusal"]["value"],
+        "over_refusal_base": base_safe["refusal"]["value"],
+        "policy_passed": safety["policy"]["passed"]["value"],
+    }
+
+
+def _save(rows: list[dict[str, Any]], start_loss: float, version: str, args: argparse.Namespace) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {"start_model": version, "start_domain_loss": start_loss, "args": vars(args), "rows": rows}
+    (RESULTS / "forgetting.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
+
+
+def _table(rows: list[dict[str, Any]], start_loss: float) -> Table:
+    table = Table(title=f"learning vs forgetting (start domain loss {start_loss:.3f})")
+    columns = ("method", "steps", "domain loss", "gain vs full", "general NLL Δ", "chat KL", "MC retained",
+               "refusal", "over-refusal", "policy", "s/step")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for r in rows:
+        table.add_row(
+            r["label"],
+            f"{r['steps']}" + ("" if r["label"] == "full" or r["reached_target"] else " (no target)"),
+            f"{r['domain_loss']:.3f}",
+            f"{r['gain_vs_full']:.0%}" if r.get("gain_vs_full") is not None else "",
+            f"{r['general_nll_delta_pct']:+.2f}%",
+            f"{r['chat_kl']:.4f}",
+            f"{r['mc_retained']:.0%}",
+            f"{r['refusal']:.0%} (base {r['refusal_base']:.0%})",
+            f"{r['over_refusal']:.0%} (base {r['over_refusal_base']:.0%})",
+            f"{r['policy_passed']:.0%}",
+            f"{r['step_seconds']:.2f}",
+        )
+    return table
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("chat_kl", "chat KL(base‖tuned) per token"), ("general_nll_delta_pct", "general-text NLL change, %"),
+              ("mc_retained", "chance-corrected MC retained"), ("refusal", "harmful-request refusal rate"))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    for ax, (key, title) in zip(axes.flat, panels, strict=True):
+        for r in rows:
+            ax.scatter(r["domain_gain"], r[key], s=60)
+            ax.annotate(r["label"], (r["domain_gain"], r[key]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+        ax.set_xlabel("held-out domain loss reduction (nats/token)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Learning vs forgetting on the hotel dialogues (each point: one method)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
