@@ -56,7 +56,8 @@ def test_booking_conversation_creates_the_right_row(runtime, db):
     assert (booking.room_type, booking.guests, booking.first_name, booking.last_name) == ("deluxe", 2, "Ana", "Diaz")
     assert booking.phone and booking.phone.endswith("2075550199")
     read_back = replies[-2]
-    for fact in ("Monday, December 7", "Friday, December 11", "4 nights", "Deluxe King", "Ana Diaz", "Shall I book it?"):
+    facts = ("Monday, December 7", "Friday, December 11", "4 nights", "Deluxe King", "Ana Diaz", "Shall I book it?")
+    for fact in facts:
         assert fact in read_back
     assert booking.code in replies[-1]
     quote = runtime.tools.quote("deluxe", date(2026, 12, 7), date(2026, 12, 11))
@@ -68,7 +69,7 @@ def test_booking_conversation_creates_the_right_row(runtime, db):
 
 
 def test_nothing_is_booked_before_the_caller_says_yes(runtime):
-    replies, _ = talk(runtime, BOOKING_SCRIPT[:-1] + ("No, wait.",))
+    replies, _ = talk(runtime, (*BOOKING_SCRIPT[:-1], "No, wait."))
     assert runtime.tools.list_bookings() == []
     assert "change" in replies[-1].lower()
 
@@ -151,7 +152,8 @@ def test_card_numbers_never_reach_the_database(runtime, db):
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "   ", "x" * 10_000, b"\x00\xff\xfe\x01\x02garbage\x00\x9c", "Bonjour, je voudrais une chambre pour deux nuits"],
+    ["", "   ", "x" * 10_000, b"\x00\xff\xfe\x01\x02garbage\x00\x9c",
+     "Bonjour, je voudrais une chambre pour deux nuits"],
     ids=["empty", "blank", "10k-chars", "binary", "french"],
 )
 def test_bad_input_gets_a_clear_reply_and_the_conversation_goes_on(runtime, db, bad):
