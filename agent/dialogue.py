@@ -416,8 +416,10 @@ class DialogueManager:
             lead = "I can help with that. " if ex.attempts == 0 else ""
             return ReplyPlan(
                 "ask_code",
-                [f"{lead}For privacy, I need the confirmation code and the surname on the booking. "
-                 "What's the confirmation code?"],
+                [
+                    f"{lead}For privacy, I need the confirmation code and the surname on the booking. "
+                    "What's the confirmation code?"
+                ],
             )
         if not ex.last_name:
             self.pending = "surname"
@@ -436,8 +438,10 @@ class DialogueManager:
                 self.stage = Stage.OPEN
                 return ReplyPlan(
                     "verify_failed",
-                    ["I still can't find a booking with those details.",
-                     "I can transfer you to the front desk if you'd like; just say 'front desk'."],
+                    [
+                        "I still can't find a booking with those details.",
+                        "I can transfer you to the front desk if you'd like; just say 'front desk'.",
+                    ],
                 )
             self.pending = "code"
             return ReplyPlan(
@@ -541,8 +545,10 @@ class DialogueManager:
         self.pending = None
         return ReplyPlan(
             "modified",
-            [f"Done. Your booking {updated.code} is now {self._booking_sentence(updated)}",
-             "Is there anything else I can help with?"],
+            [
+                f"Done. Your booking {updated.code} is now {self._booking_sentence(updated)}",
+                "Is there anything else I can help with?",
+            ],
         )
 
     def _on_confirm_cancel(self, text: str, meaning: TurnMeaning) -> ReplyPlan:

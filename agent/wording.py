@@ -23,8 +23,18 @@ from agent.hotel import HotelProfile
 # Acts whose exact wording is a policy: the model never rephrases them.
 TEMPLATE_ONLY_ACTS = frozenset(
     {
-        "decline_harmful", "decline_off_topic", "transfer", "card_warning", "bad_input", "ended",
-        "verify_failed", "not_found", "ask_code", "ask_surname", "confirm_again", "goodbye",
+        "decline_harmful",
+        "decline_off_topic",
+        "transfer",
+        "card_warning",
+        "bad_input",
+        "ended",
+        "verify_failed",
+        "not_found",
+        "ask_code",
+        "ask_surname",
+        "confirm_again",
+        "goodbye",
     }
 )
 MAX_MODEL_SENTENCES = 2
@@ -32,15 +42,40 @@ MAX_SENTENCE_WORDS = 30
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[.!?])$")
 _NUMBER_WORDS = {
-    "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7", "eight": "8",
-    "nine": "9", "ten": "10", "eleven": "11", "twelve": "12", "first": "1", "second": "2", "third": "3",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+    "eleven": "11",
+    "twelve": "12",
+    "first": "1",
+    "second": "2",
+    "third": "3",
 }
 _CALENDAR = (
     "january february march april may june july august september october november december "
     "monday tuesday wednesday thursday friday saturday sunday"
 ).split()
 _UNITS = {
-    "night", "guest", "adult", "child", "people", "person", "room", "minute", "mile", "dollar", "hour", "am", "pm",
+    "night",
+    "guest",
+    "adult",
+    "child",
+    "people",
+    "person",
+    "room",
+    "minute",
+    "mile",
+    "dollar",
+    "hour",
+    "am",
+    "pm",
 }
 # Words any receptionist may add without stating a fact; everything else must come from the draft.
 _FUNCTION_WORDS = set(
@@ -116,9 +151,7 @@ class ReplyWriter:
         self.llm = llm
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
-        self.room_names = tuple(
-            word for room in hotel.room_types for word in (room.name, room.code)
-        )
+        self.room_names = tuple(word for room in hotel.room_types for word in (room.name, room.code))
 
     async def stream(self, plan: ReplyPlan, caller_text: str) -> AsyncIterator[ReplyChunk]:
         spoken: list[str] = []

@@ -14,6 +14,7 @@ over-refusal, policy probes). Prints a table, writes JSON and a Pareto plot (PNG
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -53,6 +54,7 @@ METHODS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "projected ε=0.90 rows=25%": ("projected", {"lr": 2e-4, "eps": 0.90, "row_budget": 0.25}, {}),
     "projected ε=0.99": ("projected", {"lr": 5e-4, "eps": 0.99}, {}),
 }
+DEFAULT_METHODS = ("full", "lora", "replay", "projected ε=0.90", "projected ε=0.90 rows=25%")
 
 
 def main() -> None:
@@ -66,10 +68,12 @@ def main() -> None:
     base_cfg = ProjectedConfig(steps=args.steps, batch_size=4, eval_every=args.eval_every, seed=0, progress=True)
     protected = protected_examples(base, settings, CorpusSize())
     suite = _suite(settings, base, args)
-    base_result = _base_result(settings, base, suite, args.suite)
+    base_result = _base_result(settings, base, suite)
     start_loss = mean_loss(base.model, as_batches(dev, base.tokenizer, 4, 0))
-    console.print(f"start model {base.version}; held-out domain loss {start_loss:.3f}; "
-                  f"{len(splits['train'])} train / {len(dev)} dev examples")
+    console.print(
+        f"start model {base.version}; held-out domain loss {start_loss:.3f}; "
+        f"{len(splits['train'])} train / {len(dev)} dev examples"
+    )
 
     rows: list[dict[str, Any]] = []
     target = None
@@ -84,8 +88,11 @@ def main() -> None:
             row["note"] = f"sets the target loss {target:.3f}"
         tuned, _ = load_for_eval(Path(row["artifact"]))
         result = evaluate.run_suite(
-            tuned.model, tuned.tokenizer, suite=suite,
-            base=evaluate.Baseline(result=base_result, model=base.model), model_id=label,
+            tuned.model,
+            tuned.tokenizer,
+            suite=suite,
+            base=evaluate.Baseline(result=base_result, model=base.model),
+            model_id=label,
         )
         row.update(_retention(result, base_result))
         row["domain_gain"] = start_loss - row["domain_loss"]
@@ -106,8 +113,12 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--budget", type=int, default=2, help="step budget of the others, × --steps")
     parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--dev-examples", type=int, default=48)
-    parser.add_argument("--suite", default="bench", help="evaluation suite size name (cached per base)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--mc-n", type=int, default=60, help="items per multiple-choice task")
+    parser.add_argument("--harmful-n", type=int, default=24)
+    parser.add_argument("--safe-n", type=int, default=16)
+    parser.add_argument("--text-windows", type=int, default=32)
+    parser.add_argument("--chat-n", type=int, default=24)
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS))
     args = parser.parse_args()
     if args.methods[0] != "full":
         parser.error("the first method must be 'full': it sets the matched-gain target")
@@ -118,11 +129,22 @@ def _suite(settings: Settings, base: ChatModel, args: argparse.Namespace) -> eva
     """Retention, knowledge and safety, sized for two CPU cores (the domain is measured by the loop)."""
     suite = evaluate.default_suite(settings, base.tokenizer, "medium")
     above_chance = {k: v for k, v in suite.mc_tasks.items() if k in ("hellaswag", "arc_easy", "piqa")}
-    return replace(suite, domain_examples=(), mc_tasks=above_chance, mc_n=150, harmful_n=40, safe_n=30)
+    return replace(
+        suite,
+        domain_examples=(),
+        mc_tasks=above_chance,
+        mc_n=args.mc_n,
+        harmful_n=args.harmful_n,
+        safe_n=args.safe_n,
+        text_windows=args.text_windows,
+        chat_n=args.chat_n,
+    )
 
 
-def _base_result(settings: Settings, base: ChatModel, suite: evaluate.EvalSuite, name: str) -> dict[str, Any]:
-    cache = tuning_root(settings) / "cache" / f"bench-base-{base.version}-{name}.json"
+def _base_result(settings: Settings, base: ChatModel, suite: evaluate.EvalSuite) -> dict[str, Any]:
+    sizes = json.dumps(suite.sizes(), sort_keys=True, default=str)
+    key = f"{base.version}-{hashlib.sha256(sizes.encode()).hexdigest()[:10]}"
+    cache = tuning_root(settings) / "cache" / f"bench-base-{key}.json"
     if not cache.exists():
         evaluate.save_result(evaluate.run_suite(base.model, base.tokenizer, suite=suite, model_id="base"), cache)
     return evaluate.load_result(cache)
@@ -131,15 +153,24 @@ def _base_result(settings: Settings, base: ChatModel, suite: evaluate.EvalSuite,
 def _run(settings, label, method, cfg, options, base_dir, train, dev, protected, args) -> dict[str, Any]:
     started = time.perf_counter()
     outcome = tune(
-        settings, method=method, cfg=cfg, base_dir=base_dir, train_examples=train, eval_examples=dev,
+        settings,
+        method=method,
+        cfg=cfg,
+        base_dir=base_dir,
+        train_examples=train,
+        eval_examples=dev,
         out_dir=tuning_root(settings) / "bench" / f"{time.strftime('%Y%m%d-%H%M%S')}-{method}",
-        lineage={"benchmark": "forgetting"}, protected=protected, method_options=options,
+        lineage={"benchmark": "forgetting"},
+        protected=protected,
+        method_options=options,
     )
     return {
         "label": label,
         "method": method,
-        "config": {**cfg.model_dump(mode="json", include={"lr", "eps", "row_budget", "steps", "target_loss"}),
-                   **options},
+        "config": {
+            **cfg.model_dump(mode="json", include={"lr", "eps", "row_budget", "steps", "target_loss"}),
+            **options,
+        },
         "steps": outcome.result.steps,
         "reached_target": outcome.result.steps_to_target,
         "domain_loss": outcome.metrics["domain_loss_after"],
@@ -183,8 +214,19 @@ def _save(rows: list[dict[str, Any]], start_loss: float, version: str, args: arg
 
 def _table(rows: list[dict[str, Any]], start_loss: float) -> Table:
     table = Table(title=f"learning vs forgetting (start domain loss {start_loss:.3f})")
-    columns = ("method", "steps", "domain loss", "gain vs full", "general NLL Δ", "chat KL", "MC retained",
-               "refusal", "over-refusal", "policy", "s/step")
+    columns = (
+        "method",
+        "steps",
+        "domain loss",
+        "gain vs full",
+        "general NLL Δ",
+        "chat KL",
+        "MC retained",
+        "refusal",
+        "over-refusal",
+        "policy",
+        "s/step",
+    )
     for column in columns:
         table.add_column(column, justify="left" if column == "method" else "right")
     for r in rows:
@@ -210,8 +252,12 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = (("chat_kl", "chat KL(base‖tuned) per token"), ("general_nll_delta_pct", "general-text NLL change, %"),
-              ("mc_retained", "chance-corrected MC retained"), ("refusal", "harmful-request refusal rate"))
+    panels = (
+        ("chat_kl", "chat KL(base‖tuned) per token"),
+        ("general_nll_delta_pct", "general-text NLL change, %"),
+        ("mc_retained", "chance-corrected MC retained"),
+        ("refusal", "harmful-request refusal rate"),
+    )
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     for ax, (key, title) in zip(axes.flat, panels, strict=True):
         for r in rows:

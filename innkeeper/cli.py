@@ -136,8 +136,10 @@ def tune_align(
     settings = _settings()
     outcome = align(settings, _tune_config(settings, steps=steps, eps=eps))
     console.print_json(json.dumps(outcome_summary(outcome), default=str))
-    console.print(f"guarded base exported to {guarded_dir(settings)}; evaluate it with "
-                  f"`innkeeper tune eval --model {guarded_dir(settings)} --base <raw model dir>`")
+    console.print(
+        f"guarded base exported to {guarded_dir(settings)}; evaluate it with "
+        f"`innkeeper tune eval --model {guarded_dir(settings)} --base <raw model dir>`"
+    )
 
 
 @tune_app.command("run")
@@ -188,8 +190,14 @@ def bookings_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-
     table = Table("code", "guest", "room", "check-in", "check-out", "guests", "status", "total")
     for b in bookings:
         table.add_row(
-            b.code, f"{b.first_name} {b.last_name}", b.room_type, str(b.check_in), str(b.check_out),
-            str(b.guests), b.status, f"{b.total} {b.currency}",
+            b.code,
+            f"{b.first_name} {b.last_name}",
+            b.room_type,
+            str(b.check_in),
+            str(b.check_out),
+            str(b.guests),
+            b.status,
+            f"{b.total} {b.currency}",
         )
     console.print(table)
 
@@ -258,8 +266,10 @@ def demo(
     demo_db.unlink(missing_ok=True)
     settings = settings.model_copy(update={"database_url": f"sqlite:///{demo_db}"})
     runtime = AgentRuntime.from_settings(settings, use_llm=not no_llm)
-    console.print(f"[bold]Innkeeper demo[/] — {runtime.hotel.name}; model: "
-                  f"{runtime.llm.version if runtime.llm else 'templates only'}; today: {runtime.today()}")
+    console.print(
+        f"[bold]Innkeeper demo[/] — {runtime.hotel.name}; model: "
+        f"{runtime.llm.version if runtime.llm else 'templates only'}; today: {runtime.today()}"
+    )
     asyncio.run(_run_demo(runtime))
     bookings = runtime.tools.list_bookings()
     if not bookings:
@@ -269,8 +279,10 @@ def demo(
     console.print_json(json.dumps(asdict(booking), default=str))
     expected_in = _next_date(runtime.today(), 12, 7)
     ok = booking.check_in == expected_in and (booking.check_out - booking.check_in).days == 4
-    console.print(f"dates check: expected {expected_in} for 4 nights → "
-                  + ("[green]OK" if ok else f"[red]WRONG ({booking.check_in}..{booking.check_out})"))
+    console.print(
+        f"dates check: expected {expected_in} for 4 nights → "
+        + ("[green]OK" if ok else f"[red]WRONG ({booking.check_in}..{booking.check_out})")
+    )
     if not ok:
         raise typer.Exit(1)
 

@@ -152,8 +152,13 @@ def test_card_numbers_never_reach_the_database(runtime, db):
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "   ", "x" * 10_000, b"\x00\xff\xfe\x01\x02garbage\x00\x9c",
-     "Bonjour, je voudrais une chambre pour deux nuits"],
+    [
+        "",
+        "   ",
+        "x" * 10_000,
+        b"\x00\xff\xfe\x01\x02garbage\x00\x9c",
+        "Bonjour, je voudrais une chambre pour deux nuits",
+    ],
     ids=["empty", "blank", "10k-chars", "binary", "french"],
 )
 def test_bad_input_gets_a_clear_reply_and_the_conversation_goes_on(runtime, db, bad):
@@ -190,8 +195,12 @@ def test_sold_out_room_type_is_not_offered(runtime):
     tools = runtime.tools
     for i in range(runtime.hotel.room("suite").count):
         tools.create_booking(
-            room_type="suite", check_in=date(2026, 12, 7), check_out=date(2026, 12, 9), guests=2,
-            first_name="G", last_name=f"Guest{i}",
+            room_type="suite",
+            check_in=date(2026, 12, 7),
+            check_out=date(2026, 12, 9),
+            guests=2,
+            first_name="G",
+            last_name=f"Guest{i}",
         )
     replies, _ = talk(runtime, ("I'd like to book a room from December 7 to December 9 for two people.", "The suite."))
     assert "Harbor Suite" not in replies[0]

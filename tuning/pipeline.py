@@ -125,8 +125,14 @@ def calibrated(
     """Protected bases for this model, corpus and ε, computed once and reused while they verify."""
     key = hashlib.sha256(
         json.dumps(
-            [weights_fingerprint(chat.model, cfg.targets), provenance.get("text_sha256"), cfg.eps, cfg.layer_eps,
-             cfg.side, cfg.skip_first_position],
+            [
+                weights_fingerprint(chat.model, cfg.targets),
+                provenance.get("text_sha256"),
+                cfg.eps,
+                cfg.layer_eps,
+                cfg.side,
+                cfg.skip_first_position,
+            ],
             sort_keys=True,
             default=str,
         ).encode()
@@ -304,8 +310,13 @@ def _stamp() -> str:
 
 
 def outcome_summary(outcome: TuneOutcome) -> dict[str, Any]:
-    return {"artifact": str(outcome.artifact), "base": str(outcome.base_dir), **outcome.metrics,
-            "method": outcome.result.method, "losses_tail": outcome.result.losses[-5:]}
+    return {
+        "artifact": str(outcome.artifact),
+        "base": str(outcome.base_dir),
+        **outcome.metrics,
+        "method": outcome.result.method,
+        "losses_tail": outcome.result.losses[-5:],
+    }
 
 
 # ---------------------------------------------------------------------- evaluation
