@@ -16,18 +16,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from agent.llm import ChatModel
+from agent.llm import ChatModel, resolve_model_dir
 from innkeeper.settings import Settings
 from tuning import evaluate
 from tuning.pipeline import (
@@ -59,6 +57,8 @@ DEFAULT_METHODS = ("full", "lora", "replay", "projected ε=0.90", "projected ε=
 
 def main() -> None:
     args = _parse()
+    # One intra-op thread: step times stay comparable between methods even when the machine is shared.
+    torch.set_num_threads(args.threads)
     settings = Settings()
     console = Console()
     base_dir = start_model_dir(settings)
@@ -69,6 +69,7 @@ def main() -> None:
     protected = protected_examples(base, settings, CorpusSize())
     suite = _suite(settings, base, args)
     base_result = _base_result(settings, base, suite)
+    guarded_vs_raw = _guarded_vs_raw(settings, base, base_result, suite)
     start_loss = mean_loss(base.model, as_batches(dev, base.tokenizer, 4, 0))
     console.print(
         f"start model {base.version}; held-out domain loss {start_loss:.3f}; "
@@ -97,12 +98,14 @@ def main() -> None:
         row.update(_retention(result, base_result))
         row["domain_gain"] = start_loss - row["domain_loss"]
         rows.append(row)
-        _save(rows, start_loss, base.version, args)
+        _save(rows, start_loss, base.version, args, guarded_vs_raw)
     full_gain = next((r["domain_gain"] for r in rows if r["label"] == "full"), None)
     for row in rows:
         row["gain_vs_full"] = row["domain_gain"] / full_gain if full_gain else None
-    _save(rows, start_loss, base.version, args)
+    _save(rows, start_loss, base.version, args, guarded_vs_raw)
     console.print(_table(rows, start_loss))
+    if guarded_vs_raw:
+        console.print(f"guarded base vs raw model: {json.dumps(guarded_vs_raw)}")
     _plot(rows, RESULTS / "forgetting.png")
     console.print(f"wrote {RESULTS / 'forgetting.json'} and {RESULTS / 'forgetting.png'}")
 
@@ -113,6 +116,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--budget", type=int, default=2, help="step budget of the others, × --steps")
     parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--dev-examples", type=int, default=48)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--mc-n", type=int, default=60, help="items per multiple-choice task")
     parser.add_argument("--harmful-n", type=int, default=24)
     parser.add_argument("--safe-n", type=int, default=16)
@@ -148,6 +152,25 @@ def _base_result(settings: Settings, base: ChatModel, suite: evaluate.EvalSuite)
     if not cache.exists():
         evaluate.save_result(evaluate.run_suite(base.model, base.tokenizer, suite=suite, model_id="base"), cache)
     return evaluate.load_result(cache)
+
+
+def _guarded_vs_raw(
+    settings: Settings, base: ChatModel, base_result: dict[str, Any], suite: evaluate.EvalSuite
+) -> dict[str, Any] | None:
+    """When the start model is the guarded base: its safety and retention against the raw bundled model."""
+    raw_dir = resolve_model_dir(settings)
+    if Path(base.path).resolve() == Path(raw_dir).resolve():
+        return None
+    raw = ChatModel(raw_dir)
+    raw_result = _base_result(settings, raw, suite)
+    guarded = evaluate.run_suite(
+        base.model,
+        base.tokenizer,
+        suite=suite,
+        base=evaluate.Baseline(result=raw_result, model=raw.model),
+        model_id="guarded",
+    )
+    return _retention(guarded, raw_result)
 
 
 def _run(settings, label, method, cfg, options, base_dir, train, dev, protected, args) -> dict[str, Any]:
@@ -206,9 +229,17 @@ def _retention(result: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _save(rows: list[dict[str, Any]], start_loss: float, version: str, args: argparse.Namespace) -> None:
+def _save(
+    rows: list[dict[str, Any]], start_loss: float, version: str, args: argparse.Namespace, guarded: dict | None
+) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"start_model": version, "start_domain_loss": start_loss, "args": vars(args), "rows": rows}
+    payload = {
+        "start_model": version,
+        "start_domain_loss": start_loss,
+        "guarded_base_vs_raw": guarded,
+        "args": vars(args),
+        "rows": rows,
+    }
     (RESULTS / "forgetting.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoTokenizer
 
 from agent.llm import ChatModel, resolve_model_dir
 from innkeeper.settings import Settings
@@ -171,7 +172,7 @@ def tune(
     method_options: dict[str, Any] | None = None,
 ) -> TuneOutcome:
     """Train `method` from `base_dir` on `train_examples`; save the delta artifact under `out_dir`."""
-    chat = ChatModel(base_dir)
+    chat = ChatModel(base_dir, threads=settings.llm_threads)
     base_state = {name: tensor.detach().clone() for name, tensor in chat.model.state_dict().items()}
     if protected is None:
         protected = protected_examples(chat, settings, size, seed=cfg.seed)
@@ -229,7 +230,7 @@ def run_domain_tuning(
 ) -> TuneOutcome:
     """`innkeeper tune run`: domain tuning from the guarded base on the conversations' train split."""
     base_dir = start_model_dir(settings)
-    tokenizer = ChatModel(base_dir).tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
     splits = domain_splits(settings, tokenizer, db=db)
     out_dir = tuning_root(settings) / "runs" / f"{_stamp()}-{method}"
     return tune(
@@ -267,7 +268,7 @@ def align(settings: Settings, cfg: ProjectedConfig, *, size: CorpusSize = Corpus
     """`innkeeper tune align`: teach refusals and policies with the projected method, protecting general
     text and chat (not the old safety behaviour: that is what changes), then export the guarded base."""
     raw_dir = resolve_model_dir(settings)
-    chat = ChatModel(raw_dir)
+    chat = ChatModel(raw_dir, threads=settings.llm_threads)
     safety = alignment_examples(chat, settings, size.safety)
     protected = protected_examples(chat, settings, size, seed=cfg.seed, safety=False)
     held_out = [
