@@ -83,6 +83,7 @@ class Conversation:
         caller_number: str | None = None,
         max_new_tokens: int = 48,
         temperature: float = 0.0,
+        first_sentence_budget_s: float | None = None,
     ):
         self.hotel = hotel
         self.call_log = call_log
@@ -91,7 +92,13 @@ class Conversation:
         self.caller_number = caller_number
         self.call_id: str | None = None
         self.dialogue = DialogueManager(tools=tools, hotel=hotel, today=today, call_id=None)
-        self.writer = ReplyWriter(hotel, llm, max_new_tokens=max_new_tokens, temperature=temperature)
+        self.writer = ReplyWriter(
+            hotel,
+            llm,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            first_sentence_budget_s=first_sentence_budget_s,
+        )
         self.history: list[dict[str, str]] = []
         self.last_turn: TurnRecord | None = None
         self._unsaved: list[_PendingTurn] = []

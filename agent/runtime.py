@@ -62,4 +62,7 @@ class AgentRuntime:
             caller_number=caller_number,
             max_new_tokens=self.settings.llm_max_new_tokens,
             temperature=self.settings.llm_temperature,
+            first_sentence_budget_s=(
+                None if self.settings.llm_first_sentence_ms is None else self.settings.llm_first_sentence_ms / 1000
+            ),
         )

@@ -11,7 +11,9 @@ the template, so the caller always hears the exact facts while the model supplie
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -145,12 +147,19 @@ class ReplyWriter:
     """Turns a `ReplyPlan` into streamed, grounded reply chunks."""
 
     def __init__(
-        self, hotel: HotelProfile, llm: TextStreamer | None, *, max_new_tokens: int = 48, temperature: float = 0.0
+        self,
+        hotel: HotelProfile,
+        llm: TextStreamer | None,
+        *,
+        max_new_tokens: int = 48,
+        temperature: float = 0.0,
+        first_sentence_budget_s: float | None = None,
     ):
         self.hotel = hotel
         self.llm = llm
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
+        self.first_sentence_budget_s = first_sentence_budget_s
         self.room_names = tuple(word for room in hotel.room_types for word in (room.name, room.code))
 
     async def stream(self, plan: ReplyPlan, caller_text: str) -> AsyncIterator[ReplyChunk]:
@@ -171,8 +180,13 @@ class ReplyWriter:
             max_new_tokens=self.max_new_tokens,
             temperature=self.temperature,
         )
+        deadline = None if self.first_sentence_budget_s is None else time.monotonic() + self.first_sentence_budget_s
         try:
-            async for piece in stream:
+            while True:
+                try:
+                    piece = await _next_piece(stream, deadline if accepted == 0 else None)
+                except (StopAsyncIteration, TimeoutError):
+                    return  # done, or too slow to be worth the caller's wait: the template carries the reply
                 buffer += piece
                 sentences, buffer = split_sentences(buffer)
                 for sentence in sentences:
@@ -216,6 +230,13 @@ class ReplyWriter:
             ]
         messages.append({"role": "user", "content": f"Caller: {caller_text}\nDraft: {plan.text}"})
         return messages
+
+
+async def _next_piece(stream: AsyncIterator[str], deadline: float | None) -> str:
+    """The stream's next piece, or TimeoutError once `deadline` (time.monotonic) has passed."""
+    if deadline is None:
+        return await anext(stream)
+    return await asyncio.wait_for(anext(stream), max(deadline - time.monotonic(), 0.0))
 
 
 _SYSTEM_PROMPT = (

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     llm_max_new_tokens: int = 48
     llm_temperature: float = Field(default=0.0, description="0 means greedy decoding.")
     llm_threads: int | None = Field(default=None, description="torch intra-op threads; None = torch default.")
+    llm_first_sentence_ms: int | None = Field(
+        default=2500,
+        description="If the model has no grounded first sentence by then, the exact template reply is spoken "
+        "instead (bounds reply latency); None = wait for the model.",
+    )
 
     today: date | None = Field(
         default=None, description="Pin 'today' for date understanding (demos, tests); None = the real date."
@@ -55,6 +60,14 @@ class Settings(BaseSettings):
     timezone: str | None = Field(default=None, description="Overrides the hotel file's timezone.")
 
     payment_link_base: str = "https://pay.innkeeper.example/secure/"
+
+    # Speech (agent/asr.py, agent/tts.py); defaults chosen by benchmarks/phone_wer.py.
+    asr_threads: int = Field(default=1, description="CTranslate2 threads for Whisper (the CPU is shared with calls).")
+    asr_beam_size: int = Field(default=1, description="1 = greedy decoding.")
+    asr_domain_prompt: bool = Field(default=True, description="Prime Whisper with the hotel's names and words.")
+    asr_hotwords: bool = Field(default=False, description="Also pass the hotel's names as faster-whisper hotwords.")
+    tts_threads: int = Field(default=1, description="onnxruntime intra-op threads for the Piper voice.")
+    tts_volume: float = Field(default=0.9, description="Peak level of each spoken sentence (1 = full scale).")
 
     # Tuning defaults (`innkeeper tune ...` options override them).
     tune_method: str = Field(default="projected", description="projected | full | lora | replay")

@@ -105,3 +105,41 @@ def test_fact_tokens_keep_units_and_calendar_words():
 def test_split_sentences_keeps_the_unfinished_tail():
     done, rest = split_sentences("Hello there. How are")
     assert done == ["Hello there."] and rest == "How are"
+
+
+class SlowModel(ScriptedModel):
+    """Produces a grounded sentence, but too slowly for a spoken reply."""
+
+    def __init__(self, text: str, delay_s: float):
+        super().__init__(text)
+        self.delay_s = delay_s
+        self.closed = False
+
+    async def astream(self, messages, *, max_new_tokens, temperature=0.0):
+        try:
+            for word in self.text.split(" "):
+                await asyncio.sleep(self.delay_s)
+                self.pieces_sent += 1
+                yield word + " "
+        finally:
+            self.closed = True
+
+
+def test_a_model_too_slow_for_its_first_sentence_is_replaced_by_the_template(hotel):
+    model = SlowModel("Great, the Deluxe King for 2 guests.", delay_s=0.05)
+    writer = ReplyWriter(hotel, model, first_sentence_budget_s=0.12)
+
+    async def run():
+        started = asyncio.get_running_loop().time()
+        chunks = [chunk async for chunk in writer.stream(READ_BACK, "yes")]
+        return chunks, asyncio.get_running_loop().time() - started
+
+    chunks, elapsed = asyncio.run(run())
+    assert [c.text for c in chunks] == READ_BACK.sentences and all(c.source == "template" for c in chunks)
+    assert elapsed < 0.5 and model.closed  # gave up at the budget and stopped the generation
+    fast = ReplyWriter(hotel, SlowModel("Great, the Deluxe King for 2 guests.", delay_s=0.0), first_sentence_budget_s=1)
+    assert asyncio.run(_collect(fast))[0].source == "llm"
+
+
+async def _collect(writer: ReplyWriter):
+    return [chunk async for chunk in writer.stream(READ_BACK, "yes")]
