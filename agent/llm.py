@@ -60,7 +60,7 @@ class ChatModel:
         # float32 even for half-precision checkpoints: bf16 was not faster on CPU here and it changes
         # greedy output (see innkeeper/provision.py).
         self.model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
-        self._eos_ids = _eos_ids(self.model, self.tokenizer)
+        self._eos_ids = eos_token_ids(self.model, self.tokenizer)
         self._lock = threading.Lock()
 
     def stream(
@@ -317,7 +317,7 @@ def _version(directory: Path, label: str) -> str:
         return f"{label}@{config_hash[:8]}"
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     """Every token that ends a reply: the model's generation EOS ids plus the tokenizer's (ChatML end)."""
     configured = model.generation_config.eos_token_id
     ids = configured if isinstance(configured, list) else [configured]

@@ -213,7 +213,7 @@ def verify_model_dir(path: Path) -> list[str]:
         manifest = _read_manifest(path)
     except (OSError, ValueError) as exc:
         return [str(exc)]
-    problems = [p for rel, entry in manifest["files"].items() if (p := _check_file(path, rel, entry))]
+    problems = [p for rel, entry in manifest["files"].items() if (p := check_file(path / rel, entry))]
     spec = _spec(manifest["name"])
     if spec is not None:
         problems += _check_against_spec(spec, manifest)
@@ -301,8 +301,8 @@ def _valid_entry(rel: str, entry: Any) -> bool:
     )
 
 
-def _check_file(root: Path, rel: str, entry: dict[str, Any]) -> str | None:
-    path = root / rel
+def check_file(path: Path, entry: dict[str, Any]) -> str | None:
+    """What is wrong with `path` against its manifest entry ({sha256, size}), or None when it matches."""
     try:
         size = path.stat().st_size
         if size != entry["size"]:

@@ -8,6 +8,7 @@
   empty tables. Without a server these tests are skipped (an unreachable server named by the env var
   is an error, since CI set it on purpose).
 - `db`: runs the test once per backend; the PostgreSQL run is marked `postgres`.
+- `tiny_model_dir`, `one_torch_thread`: a tiny random chat model for tests where wording is not the point.
 """
 
 from __future__ import annotations
@@ -15,16 +16,36 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import torch
 from sqlalchemy.engine import make_url
 
 from agent.hotel import HotelProfile, load_hotel
+from agent.llm import build_tiny_chat_model
 from innkeeper.db.database import Database, DatabaseUnavailable
 from innkeeper.db.schema import Base
 from innkeeper.settings import PROJECT_ROOT, Settings
 
 POSTGRES_URL_VAR = "INNKEEPER_TEST_POSTGRES_URL"
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread: the tiny model is dispatch-bound, and OpenMP spinning on a busy box costs 100x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny, randomly initialised chat model with a real tokenizer (agent.llm.build_tiny_chat_model)."""
+    return build_tiny_chat_model(tmp_path_factory.mktemp("tiny") / "tiny-chat")
+
+
 POSTGRES_ENV_FILE = PROJECT_ROOT / ".innkeeper" / "postgres.env"
 
 
@@ -52,9 +73,7 @@ def postgres_url() -> Iterator[str]:
     except DatabaseUnavailable as exc:
         if os.environ.get(POSTGRES_URL_VAR):
             raise
-        pytest.skip(
-            f"PostgreSQL from {POSTGRES_ENV_FILE} is not running ({exc}); run scripts/start_postgres.sh"
-        )
+        pytest.skip(f"PostgreSQL from {POSTGRES_ENV_FILE} is not running ({exc}); run scripts/start_postgres.sh")
     schema = f"innkeeper_test_{uuid.uuid4().hex[:12]}"
     with admin.connect() as connection, connection.begin():
         connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')

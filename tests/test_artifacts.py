@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from agent.llm import ChatModel, build_tiny_chat_model
+from agent.llm import ChatModel
 from tuning.artifacts import (
     DELTA_FILE,
     MANIFEST_FILE,
@@ -29,18 +28,12 @@ from tuning.artifacts import (
 CHANGED = ("model.layers.0.mlp.down_proj.weight", "model.embed_tokens.weight")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: the tiny model is dispatch-bound, and OpenMP spinning on a busy box costs 100x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_chat_model(tmp_path_factory.mktemp("tiny") / "tiny-chat")
+def base_dir(tiny_model_dir: Path) -> Path:
+    return tiny_model_dir
 
 
 def load(model_dir: Path) -> torch.nn.Module:

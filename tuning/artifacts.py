@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from innkeeper.provision import sha256_file, write_manifest
+from innkeeper.provision import check_file, sha256_file, write_manifest
 
 FORMAT_VERSION = 1
 DELTA_FILE = "delta.safetensors"
@@ -161,22 +161,8 @@ def verify_artifact(artifact_dir: Path) -> list[str]:
     except ArtifactError as exc:
         return [str(exc)]
     directory = Path(artifact_dir)
-    problems = [p for name, entry in manifest["files"].items() if (p := _check_file(directory / name, entry))]
+    problems = [p for name, entry in manifest["files"].items() if (p := check_file(directory / name, entry))]
     return problems or _check_tensors(directory / DELTA_FILE, manifest["tensors"])
-
-
-def _check_file(path: Path, entry: dict[str, Any]) -> str | None:
-    try:
-        size = path.stat().st_size
-        if size != entry["size"]:
-            return f"{path}: size {size} bytes, manifest says {entry['size']} (truncated or replaced)"
-        if sha256_file(path) != entry["sha256"]:
-            return f"{path}: sha256 mismatch (corrupted)"
-    except FileNotFoundError:
-        return f"{path}: missing"
-    except OSError as exc:
-        return f"{path}: unreadable ({exc})"
-    return None
 
 
 def _check_tensors(path: Path, expected: list[str]) -> list[str]:

@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from agent.llm import ChatModel
+from agent.llm import ChatModel, eos_token_ids
 from innkeeper.provision import sha256_file
 from tuning.data import IGNORE_INDEX, SYSTEM_PROMPT, TrainingExample, encode_chat, unit_hash
 
@@ -361,7 +361,7 @@ class _BaseReplies:
 def _greedy_reply(model: Any, tokenizer: Any, messages: list[dict[str, str]]) -> str:
     """The model's greedy reply; one cut off by the token limit keeps only its complete sentences."""
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    eos = _eos_ids(model, tokenizer)
+    eos = eos_token_ids(model, tokenizer)
     config = GenerationConfig(
         max_new_tokens=REPLY_TOKENS,
         do_sample=False,
@@ -375,11 +375,6 @@ def _greedy_reply(model: Any, tokenizer: Any, messages: list[dict[str, str]]) ->
     finished = bool(new) and new[-1] in eos
     return text if finished else _whole_sentences(text)
 
-
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    configured = model.generation_config.eos_token_id
-    ids = configured if isinstance(configured, list) else [configured]
-    return list(dict.fromkeys(i for i in [*ids, tokenizer.eos_token_id] if i is not None))
 
 
 def _whole_sentences(text: str) -> str:

@@ -31,6 +31,7 @@ from rich.table import Table
 from tqdm import tqdm
 from transformers import GenerationConfig
 
+from agent.llm import eos_token_ids
 from innkeeper.settings import Settings
 from tuning import corpus, safety
 from tuning.data import IGNORE_INDEX, TrainingExample, build_examples, load_shared_dialogues, split_dialogues
@@ -469,15 +470,10 @@ def _user(prompt: str) -> Messages:
     return [{"role": "user", "content": prompt}]
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    configured = model.generation_config.eos_token_id
-    ids = configured if isinstance(configured, list) else [configured]
-    return list(dict.fromkeys(i for i in [*ids, tokenizer.eos_token_id] if i is not None))
-
 
 def _greedy(run: _Run, model: Any, prompts: Sequence[list[int]], max_new_tokens: int, desc: str) -> list[list[int]]:
     """Greedy reply tokens per prompt, through the first end-of-turn token (batched, longest first)."""
-    eos = _eos_ids(model, run.tokenizer)
+    eos = eos_token_ids(model, run.tokenizer)
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=False,
