@@ -1,0 +1,190 @@
+"""Speech recognition: one caller utterance (16 kHz float32) to text with the bundled Whisper base model.
+
+Decoding is tuned for short phone turns about one hotel: the hotel's own names and words go in as the
+initial prompt (and optionally as hotwords), there is no temperature fallback and no conditioning on
+earlier text (one utterance at a time), and `is_hallucination` drops what Whisper is known to invent
+on silence and line noise.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from faster_whisper import WhisperModel
+
+from agent.hotel import HotelProfile, load_hotel
+from innkeeper.provision import bundled_whisper_path
+from innkeeper.settings import Settings
+
+SAMPLE_RATE = 16000
+
+# Whisper's own skip rule (no_speech_threshold / log_prob_threshold in faster-whisper): both must hold.
+# `is_hallucination` applies it instead of faster-whisper, so that what is dropped can be logged.
+NO_SPEECH_PROB = 0.6
+LOW_AVG_LOGPROB = -1.0
+# Below this, the loudest 20 ms of the utterance is not speech: phone speech peaks around -25..-10 dBFS,
+# line noise and comfort noise sit under -50 dBFS.
+QUIET_DBFS = -45.0
+# A phantom phrase (below) needs clear speech to be believed: quieter than this it is taken for noise.
+WEAK_DBFS = -30.0
+DOUBTFUL_NO_SPEECH = 0.3
+# What Whisper says over silence, music and noise: its training subtitles' sign-offs and credits.
+PHANTOM_PHRASES = frozenset(
+    {
+        "you", "thank you", "thank you very much", "thanks", "thanks for watching", "thank you for watching",
+        "thanks for listening", "thank you for listening", "bye", "bye bye", "goodbye", "please subscribe",
+        "like and subscribe", "so", "oh", "um", "uh", "hmm", "i'm sorry", "the end",
+    }
+)  # fmt: skip
+# Not web addresses in general: a caller may spell out an e-mail address.
+PHANTOM_PATTERNS = re.compile(r"subtitles? by|amara\.org|captions? by|transcri(?:bed|ption) by")
+_PHANTOM_STRIP = re.compile(r"[^\w' ]+")
+# Words callers use that Whisper should expect; the hotel file adds its own names.
+DOMAIN_WORDS = (
+    "reservation, booking, check-in, check-out, breakfast, parking, valet, airport shuttle, "
+    "confirmation code, nights, queen, king, suite"
+)
+
+
+@dataclass(frozen=True)
+class SegmentStats:
+    """What a decoded utterance says about itself: the text and Whisper's confidence in it."""
+
+    text: str
+    avg_logprob: float
+    no_speech_prob: float
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """One recognised utterance; `text` is "" when nothing was said (or it was dropped as a hallucination)."""
+
+    text: str
+    avg_logprob: float
+    no_speech_prob: float
+    duration: float  # seconds of audio given
+    dropped: str = ""  # the text Whisper produced but `is_hallucination` refused
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """The levers of one decoding configuration (benchmarks/phone_wer.py compares them)."""
+
+    beam_size: int = 1
+    initial_prompt: str | None = None
+    hotwords: str | None = None
+    filter_hallucinations: bool = True
+
+
+def rms_dbfs(audio: npt.NDArray[np.float32]) -> float:
+    """RMS level of float audio relative to full scale (-inf for digital silence)."""
+    if audio.size == 0:
+        return float("-inf")
+    power = float(np.mean(np.square(audio, dtype=np.float64)))
+    return 10.0 * np.log10(power) if power > 0 else float("-inf")
+
+
+def peak_frame_dbfs(audio: npt.NDArray[np.float32], frame: int = SAMPLE_RATE // 50) -> float:
+    """Level of the loudest 20 ms frame: one word in a long pause still counts as speech."""
+    if audio.size < frame:
+        return rms_dbfs(audio)
+    whole = audio[: len(audio) - len(audio) % frame].reshape(-1, frame)
+    power = float(np.max(np.mean(np.square(whole, dtype=np.float64), axis=1)))
+    return 10.0 * np.log10(power) if power > 0 else float("-inf")
+
+
+def normalize_phantom(text: str) -> str:
+    return " ".join(_PHANTOM_STRIP.sub(" ", text.lower()).split())
+
+
+def is_hallucination(stats: SegmentStats, audio: npt.NDArray[np.float32]) -> bool:
+    """True when the text is most likely invented; a caller's real "thank you" at speaking level passes."""
+    if not stats.text.strip():
+        return False  # nothing to drop
+    if stats.no_speech_prob > NO_SPEECH_PROB and stats.avg_logprob < LOW_AVG_LOGPROB:
+        return True
+    if PHANTOM_PATTERNS.search(stats.text.lower()):
+        return True  # subtitle credits: no caller says them
+    level = peak_frame_dbfs(audio)
+    if level < QUIET_DBFS:
+        return True  # no frame loud enough to be speech: whatever came out was made up from noise
+    if normalize_phantom(stats.text) not in PHANTOM_PHRASES:
+        return False
+    # A sign-off phrase is believed only when the audio is clearly speech and Whisper heard speech.
+    return level < WEAK_DBFS or stats.no_speech_prob > DOUBTFUL_NO_SPEECH
+
+
+def domain_prompt(hotel: HotelProfile) -> str:
+    """A prompt in the style of a transcript that names the hotel, its rooms and its words."""
+    rooms = ", ".join(room.name for room in hotel.room_types)
+    return f"A caller phones {hotel.name} about a room: {rooms}; {DOMAIN_WORDS}."
+
+
+def domain_hotwords(hotel: HotelProfile) -> str:
+    """The hotel's proper names, which Whisper would otherwise spell as common words."""
+    return " ".join([hotel.name, *(room.name for room in hotel.room_types)])
+
+
+class Recognizer:
+    """Whisper on the CPU, one utterance at a time; safe to share between call threads."""
+
+    def __init__(self, model_dir: Path | str, options: DecodeOptions | None = None, *, threads: int = 1) -> None:
+        self.model = WhisperModel(str(model_dir), device="cpu", compute_type="int8", cpu_threads=threads)
+        self.options = options or DecodeOptions()
+        # CTranslate2 runs one request per worker (num_workers=1); the lock makes the queueing explicit.
+        self._lock = threading.Lock()
+
+    def transcribe(self, audio: npt.NDArray[np.float32], options: DecodeOptions | None = None) -> Transcript:
+        """Recognise 16 kHz mono float32 audio (one caller turn, under 30 s)."""
+        opts = options or self.options
+        audio = np.asarray(audio, dtype=np.float32)
+        duration = len(audio) / SAMPLE_RATE
+        with self._lock:
+            segments, _ = self.model.transcribe(
+                audio,
+                language="en",
+                beam_size=opts.beam_size,
+                temperature=0.0,  # no fallback: a retry at higher temperature costs time and invents words
+                condition_on_previous_text=False,
+                without_timestamps=True,
+                initial_prompt=opts.initial_prompt,
+                hotwords=opts.hotwords,
+                no_speech_threshold=None,  # is_hallucination applies the same rule and records what it drops
+                log_prob_threshold=LOW_AVG_LOGPROB,
+            )
+            segments = list(segments)  # decoding happens while iterating
+        stats = _merge(segments)
+        if opts.filter_hallucinations and is_hallucination(stats, audio):
+            return Transcript("", stats.avg_logprob, stats.no_speech_prob, duration, dropped=stats.text)
+        return Transcript(stats.text, stats.avg_logprob, stats.no_speech_prob, duration)
+
+
+def _merge(segments: list) -> SegmentStats:
+    """One utterance's stats: token-weighted mean log-probability, the most doubtful no-speech probability."""
+    if not segments:
+        return SegmentStats("", 0.0, 1.0)
+    text = " ".join(s.text.strip() for s in segments if s.text.strip())
+    weights = [max(len(s.tokens), 1) for s in segments]
+    avg_logprob = float(np.average([s.avg_logprob for s in segments], weights=weights))
+    return SegmentStats(text, avg_logprob, max(s.no_speech_prob for s in segments))
+
+
+def options_from_settings(settings: Settings, hotel: HotelProfile) -> DecodeOptions:
+    return DecodeOptions(
+        beam_size=settings.asr_beam_size,
+        initial_prompt=domain_prompt(hotel) if settings.asr_domain_prompt else None,
+        hotwords=domain_hotwords(hotel) if settings.asr_hotwords else None,
+    )
+
+
+def load_recognizer(settings: Settings, hotel: HotelProfile | None = None) -> Recognizer:
+    """The bundled, verified Whisper base with the configured levers (raises `ModelIntegrityError`)."""
+    hotel = hotel or load_hotel(settings.hotel_file)
+    return Recognizer(
+        bundled_whisper_path(settings), options_from_settings(settings, hotel), threads=settings.asr_threads
+    )
