@@ -58,7 +58,7 @@ class _PendingTurn:
 
 
 @dataclass
-class TurnRecord:
+class TurnOutcome:
     """What the last `respond` call did, for the voice loop and for tests."""
 
     caller_text: str
@@ -100,7 +100,7 @@ class Conversation:
             first_sentence_budget_s=first_sentence_budget_s,
         )
         self.history: list[dict[str, str]] = []
-        self.last_turn: TurnRecord | None = None
+        self.last_turn: TurnOutcome | None = None
         self._unsaved: list[_PendingTurn] = []
         self._closed = False
 
@@ -140,7 +140,7 @@ class Conversation:
         masked, plan = await self._decide(user_text)
         decided_ms = _ms_since(t0)
         await self._save(_PendingTurn("caller", masked, started, _now()))
-        record = TurnRecord(caller_text=masked, reply_text="", plan=plan, latencies={"decide_ms": decided_ms})
+        record = TurnOutcome(caller_text=masked, reply_text="", plan=plan, latencies={"decide_ms": decided_ms})
         self.last_turn = record
         reply_started = _now()
         chunks: list[str] = []
@@ -187,7 +187,7 @@ class Conversation:
             log.error("tool call failed on call %s: %s", self.call_id, err)
             return masked, ReplyPlan("system_trouble", [_SYSTEM_TROUBLE])
 
-    async def _log_reply(self, record: TurnRecord, started: datetime, caller_text: str) -> None:
+    async def _log_reply(self, record: TurnOutcome, started: datetime, caller_text: str) -> None:
         plan = record.plan
         meta = {"act": plan.act, "wording": sorted(set(record.sources)), "masked_cards": plan.masked_cards}
         self.history += [

@@ -157,7 +157,7 @@ class DialogueManager:
         changed = self._fill_draft(text, meaning)
         if self.stage is Stage.BOOKING or changed or meaning.intents & {Intent.BOOK, Intent.AVAILABILITY}:
             self.stage = Stage.BOOKING
-            return self._next_booking_step(acknowledge=changed)
+            return self._next_booking_step()
         if Intent.PRICE in meaning.intents:
             return self.with_reprompt("rates", [self._rate_card()])
         if Intent.GOODBYE in meaning.intents or (Intent.THANKS in meaning.intents and self.booked):
@@ -223,7 +223,7 @@ class DialogueManager:
         if guests:
             self.draft.guests = guests
 
-    def _next_booking_step(self, *, acknowledge: bool) -> ReplyPlan:
+    def _next_booking_step(self) -> ReplyPlan:
         d = self.draft
         if not d.check_in:
             self.pending = "check_in"
@@ -285,7 +285,7 @@ class DialogueManager:
         if isinstance(rooms, ReplyPlan):
             return rooms
         if not rooms:
-            return self._reset_dates_plan_no_rooms()
+            return self._no_rooms()
         self.pending = "room_type"
         options = [f"the {r.name} {_rate_phrase(r.nightly_rates)}" for r in rooms]
         listing = options[0] if len(options) == 1 else ", ".join(options[:-1]) + f", or {options[-1]}"
@@ -295,7 +295,7 @@ class DialogueManager:
             [f"For {guests}, {self._stay_phrase()}, we have {listing}.", "Which would you like?"],
         )
 
-    def _reset_dates_plan_no_rooms(self) -> ReplyPlan:
+    def _no_rooms(self) -> ReplyPlan:
         stay = self._stay_phrase()
         self.draft.check_in = self.draft.check_out = None
         self.pending = "check_in"
@@ -318,7 +318,7 @@ class DialogueManager:
             else f"I'm sorry, the {spec.name} is sold out for those dates."
         )
         if not rooms:
-            return self._reset_dates_plan_no_rooms()
+            return self._no_rooms()
         plan = self._offer_rooms()
         plan.sentences.insert(0, reason)
         return plan
@@ -345,7 +345,7 @@ class DialogueManager:
     def _on_confirm_booking(self, text: str, meaning: TurnMeaning) -> ReplyPlan:
         if self._fill_draft(text, meaning):
             self.stage = Stage.BOOKING
-            return self._next_booking_step(acknowledge=True)
+            return self._next_booking_step()
         if meaning.affirm is None:
             return ReplyPlan("confirm_again", ["Shall I go ahead and book it? Please say yes or no."])
         if not meaning.affirm:
