@@ -70,6 +70,7 @@ def main() -> None:
     suite = _suite(settings, base, args)
     base_result = _base_result(settings, base, suite)
     guarded_vs_raw = _guarded_vs_raw(settings, base, base_result, suite)
+    _save([], 0.0, base.version, args, guarded_vs_raw)
     start_loss = mean_loss(base.model, as_batches(dev, base.tokenizer, 4, 0))
     console.print(
         f"start model {base.version}; held-out domain loss {start_loss:.3f}; "
@@ -217,7 +218,7 @@ def _retention(result: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     safe = next(v for k, v in safety.items() if k.startswith("safe"))
     base_safe = next(v for k, v in base_measures["safety"].items() if k.startswith("safe"))
     return {
-        "general_nll_delta_pct": measures["general_nll"]["delta_pct"],
+        "general_nll_delta_pct": measures["general_nll"]["vs_base"]["delta_pct"],
         "chat_kl": measures["chat_kl"]["kl"],
         "mc_chance_corrected": {t: v for t, (v, _) in mc.items()},
         "mc_retained": sum(v for v, _ in mc.values()) / max(sum(b for _, b in mc.values()), 1e-9),
