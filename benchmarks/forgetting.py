@@ -69,17 +69,20 @@ def main() -> None:
     protected = protected_examples(base, settings, CorpusSize())
     suite = _suite(settings, base, args)
     base_result = _base_result(settings, base, suite)
-    guarded_vs_raw = _guarded_vs_raw(settings, base, base_result, suite)
-    _save([], 0.0, base.version, args, guarded_vs_raw)
+    previous = _previous(base.version) if args.resume else {}
+    guarded_vs_raw = previous.get("guarded_base_vs_raw") or _guarded_vs_raw(settings, base, base_result, suite)
     start_loss = mean_loss(base.model, as_batches(dev, base.tokenizer, 4, 0))
     console.print(
         f"start model {base.version}; held-out domain loss {start_loss:.3f}; "
         f"{len(splits['train'])} train / {len(dev)} dev examples"
     )
 
-    rows: list[dict[str, Any]] = []
-    target = None
+    rows: list[dict[str, Any]] = previous.get("rows", [])
+    full_row = next((r for r in rows if r["label"] == "full"), None)
+    target = start_loss - 0.9 * (start_loss - full_row["domain_loss"]) if full_row else None
     for label in args.methods:
+        if any(r["label"] == label for r in rows):
+            continue  # measured in the run being resumed
         method, overrides, options = METHODS[label]
         cfg = base_cfg.model_copy(update=overrides)
         if target is not None:  # matched gain: stop where full fine-tuning's 90% reduction is reached
@@ -111,12 +114,22 @@ def main() -> None:
     console.print(f"wrote {RESULTS / 'forgetting.json'} and {RESULTS / 'forgetting.png'}")
 
 
+def _previous(version: str) -> dict[str, Any]:
+    """The saved results of an interrupted run on the same start model (rows are kept, methods skipped)."""
+    path = RESULTS / "forgetting.json"
+    if not path.exists():
+        return {}
+    saved = json.loads(path.read_text())
+    return saved if saved.get("start_model") == version else {}
+
+
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40, help="full fine-tuning's steps (sets the target)")
     parser.add_argument("--budget", type=int, default=2, help="step budget of the others, × --steps")
     parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--dev-examples", type=int, default=48)
+    parser.add_argument("--resume", action="store_true", help="keep the rows of the last run, skip their methods")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--mc-n", type=int, default=60, help="items per multiple-choice task")
     parser.add_argument("--harmful-n", type=int, default=24)
@@ -125,7 +138,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--chat-n", type=int, default=24)
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS))
     args = parser.parse_args()
-    if args.methods[0] != "full":
+    if args.methods[0] != "full" and not args.resume:
         parser.error("the first method must be 'full': it sets the matched-gain target")
     return args
 
