@@ -9,19 +9,22 @@ one server loop handles both protocols alike): a `ProtocolError` with a reason, 
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from telephony.codec import pcm16_from_bytes
 from telephony.twilio_protocol import (
     DTMF_DIGIT_PATTERN,
-    ProtocolError,
-    UnknownEvent,
-    decode_json_object,
-    validation_reason,
+    parse_tagged,
+)
+from telephony.twilio_protocol import (
+    ProtocolError as ProtocolError,  # re-exported: this protocol's errors too
+)
+from telephony.twilio_protocol import (
+    UnknownEvent as UnknownEvent,
 )
 
 WS_PATH = "/ws/call"
@@ -157,31 +160,15 @@ _SERVER: dict[str, type[ServerMessage]] = {
 
 # --- parsing ------------------------------------------------------------------------------------------
 
-_Model = TypeVar("_Model", bound=BaseModel)
-
-
-def _parse_typed(text: str | bytes, models: dict[str, type[_Model]]) -> _Model:
-    obj = decode_json_object(text, MAX_TEXT_MESSAGE_BYTES)
-    kind = obj.get("type")
-    if not isinstance(kind, str):
-        raise ProtocolError("missing or non-string 'type'")
-    model = models.get(kind)
-    if model is None:
-        raise UnknownEvent(kind)
-    try:
-        return model.model_validate(obj)
-    except ValidationError as exc:
-        raise ProtocolError(validation_reason(kind, exc)) from None
-
 
 def parse_client_message(text: str | bytes) -> ClientMessage:
     """A text frame from the client -> its typed model (ProtocolError / UnknownEvent otherwise)."""
-    return _parse_typed(text, _CLIENT)
+    return parse_tagged(text, "type", _CLIENT, MAX_TEXT_MESSAGE_BYTES)
 
 
 def parse_server_message(text: str | bytes) -> ServerMessage:
     """A text frame from the server -> its typed model (for clients and tests)."""
-    return _parse_typed(text, _SERVER)
+    return parse_tagged(text, "type", _SERVER, MAX_TEXT_MESSAGE_BYTES)
 
 
 def parse_client_audio(data: bytes | bytearray | memoryview) -> npt.NDArray[np.int16]:

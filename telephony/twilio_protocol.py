@@ -17,7 +17,7 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -29,6 +29,7 @@ from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 from telephony.codec import mulaw_decode, mulaw_encode
 
 TWILIO_SAMPLE_RATE = 8000
+_Model = TypeVar("_Model", bound=BaseModel)
 MAX_TWILIO_MESSAGE_BYTES = 64 * 1024  # a 20 ms media message is ~250 bytes; `start` with parameters a few KiB
 
 DTMF_DIGIT_PATTERN = r"^[0-9*#A-D]$"
@@ -184,17 +185,25 @@ _INBOUND: dict[str, type[InboundMessage]] = {
 
 def parse_inbound(text: str | bytes) -> InboundMessage:
     """One websocket message from Twilio -> its typed model (ProtocolError / UnknownEvent otherwise)."""
-    obj = decode_json_object(text, MAX_TWILIO_MESSAGE_BYTES)
-    event = obj.get("event")
-    if not isinstance(event, str):
-        raise ProtocolError("missing or non-string 'event'")
-    model = _INBOUND.get(event)
+    return parse_tagged(text, "event", _INBOUND, MAX_TWILIO_MESSAGE_BYTES)
+
+
+def parse_tagged(text: str | bytes, tag: str, models: Mapping[str, type[_Model]], max_bytes: int) -> _Model:
+    """A JSON object whose `tag` field names its model -> that model, validated.
+
+    ProtocolError for bad JSON, a missing tag or invalid fields; UnknownEvent for a tag with no model.
+    """
+    obj = decode_json_object(text, max_bytes)
+    kind = obj.get(tag)
+    if not isinstance(kind, str):
+        raise ProtocolError(f"missing or non-string '{tag}'")
+    model = models.get(kind)
     if model is None:
-        raise UnknownEvent(event)
+        raise UnknownEvent(kind)
     try:
         return model.model_validate(obj)
     except ValidationError as exc:
-        raise ProtocolError(validation_reason(event, exc)) from None
+        raise ProtocolError(validation_reason(kind, exc)) from None
 
 
 def media_payload_to_pcm16(payload: str) -> npt.NDArray[np.int16]:

@@ -10,20 +10,13 @@ import pytest
 from sqlalchemy import select
 
 from agent.runtime import AgentRuntime
+from innkeeper.cli import DEMO_SCRIPT
 from innkeeper.db.schema import Booking, Call, Turn
 from innkeeper.settings import Settings
 
 TODAY = date(2026, 11, 26)  # a Thursday
 
-BOOKING_SCRIPT = (
-    "Hi, I'd like to book a room.",
-    "I'll be arriving on Dec. 7 for four nights.",
-    "Two adults.",
-    "The deluxe, please.",
-    "My name is Ana Diaz.",
-    "My number is 207 555 0199.",
-    "Yes, please book it.",
-)
+BOOKING_SCRIPT = DEMO_SCRIPT[: DEMO_SCRIPT.index("Yes, please book it.") + 1]  # up to the booking
 
 
 @pytest.fixture

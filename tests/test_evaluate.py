@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from agent.llm import build_tiny_chat_model
 from innkeeper.settings import Settings
 from tuning import evaluate as ev
 from tuning.data import Dialogue, build_examples
@@ -35,19 +33,12 @@ QUESTIONS = [
 GOLD = [0, 1, 2, 0]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: the tiny model is dispatch-bound, and OpenMP spinning on a busy box costs 100x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, object]:
-    directory = build_tiny_chat_model(tmp_path_factory.mktemp("tiny") / "tiny-chat")
-    return AutoModelForCausalLM.from_pretrained(directory).eval(), AutoTokenizer.from_pretrained(directory)
+def tiny(tiny_model_dir: Path) -> tuple[torch.nn.Module, object]:
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
 def _favouring(model: torch.nn.Module, token_ids: list[int], boost: float) -> torch.nn.Module:
