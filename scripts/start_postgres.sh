@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Start a private PostgreSQL server for the test suite and write .innkeeper/postgres.env.
 #
-# The cluster lives in .innkeeper/pg (data, socket, log), listens on 127.0.0.1 only, and is reused
+# The cluster lives in /var/tmp/innkeeper-pg-<checkout hash> (data, socket, log), listens on 127.0.0.1 only, and is reused
 # when it is already running. Installs the Debian `postgresql` package when no server binaries exist.
 # Every wait is bounded, so CI fails instead of hanging. Stop it with scripts/stop_postgres.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 STATE="$PWD/.innkeeper"
-PG_HOME="$STATE/pg"
+# Outside the checkout: the server runs as the postgres user, who cannot enter a private (0700) checkout.
+PG_HOME="${INNKEEPER_PG_HOME:-/var/tmp/innkeeper-pg-$(printf %s "$PWD" | cksum | cut -d' ' -f1)}"
 PGDATA="$PG_HOME/data"
 SOCKET_DIR="$PG_HOME/run"
 LOG_FILE="$PG_HOME/server.log"
@@ -44,7 +45,7 @@ install_postgres() {
 
 # initdb and the server refuse to run as root, so root runs them as the `postgres` user.
 as_owner() {
-  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+  if [ "$(id -u)" -eq 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
 
 ensure_owner_account() {
@@ -64,7 +65,7 @@ pick_port() {
 }
 
 init_cluster() {
-  mkdir -p "$PG_HOME" "$SOCKET_DIR"
+  mkdir -p "$STATE" "$PG_HOME" "$SOCKET_DIR"
   [ "$(id -u)" -ne 0 ] || chown -R postgres: "$PG_HOME"
   [ -f "$PGDATA/PG_VERSION" ] && return 0
   log "creating a cluster in $PGDATA"
