@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -30,7 +31,7 @@ from innkeeper.db.database import DatabaseUnavailable
 log = logging.getLogger(__name__)
 
 # A database that is down or refusing writes: the call goes on, the turns wait in memory.
-_DB_ERRORS = (SQLAlchemyError, DatabaseUnavailable)
+DB_ERRORS = (SQLAlchemyError, DatabaseUnavailable)
 
 _BAD_INPUT_REPLIES = {
     InputProblem.EMPTY: "Sorry, I didn't catch that. Could you say it again?",
@@ -90,7 +91,10 @@ class Conversation:
         self.llm = llm
         self.channel = channel
         self.caller_number = caller_number
-        self.call_id: str | None = None
+        self.call_id: str | None = None  # set once the call record exists
+        # Chosen up front so that audio files and transport ids can name the call even while the
+        # database is unreachable; the record is written under this id when it comes back.
+        self.planned_call_id = str(uuid.uuid4())
         self.dialogue = DialogueManager(tools=tools, hotel=hotel, today=today, call_id=None)
         self.writer = ReplyWriter(
             hotel,
@@ -102,6 +106,7 @@ class Conversation:
         self.history: list[dict[str, str]] = []
         self.last_turn: TurnOutcome | None = None
         self._unsaved: list[_PendingTurn] = []
+        self._open_reply: tuple[TurnOutcome, datetime, str] | None = None
         self._closed = False
 
     @property
@@ -119,6 +124,7 @@ class Conversation:
             channel=self.channel,
             caller_number=self.caller_number,
             model_version=self.model_version,
+            call_id=self.planned_call_id,
         )
         self.dialogue.call_id = self.call_id
         return self.call_id
@@ -134,18 +140,27 @@ class Conversation:
         await self._save(_PendingTurn("agent", text, now, now, model_version=self.model_version))
         return text
 
-    async def respond(self, user_text: str | bytes) -> AsyncIterator[str]:
-        """Stream the agent's reply to one caller turn, chunk by chunk (each chunk is speakable)."""
+    async def respond(
+        self, user_text: str | bytes, *, defer_log: bool = False, heard: dict[str, float] | None = None
+    ) -> AsyncIterator[str]:
+        """Stream the agent's reply to one caller turn, chunk by chunk (each chunk is speakable).
+
+        The reply is logged when the stream ends with every chunk it yielded. A voice call passes
+        `defer_log=True` instead: what was *heard* is known only after playback, so it calls
+        `finish_reply` with the heard words and the voice timings. `heard` is logged with the caller's
+        turn (speech recognition timings and confidence).
+        """
         started, t0 = _now(), time.perf_counter()
         masked, plan = await self._decide(user_text)
         decided_ms = _ms_since(t0)
-        await self._save(_PendingTurn("caller", masked, started, _now()))
+        await self._save(_PendingTurn("caller", masked, started, _now(), latencies=heard))
         record = TurnOutcome(caller_text=masked, reply_text="", plan=plan, latencies={"decide_ms": decided_ms})
         self.last_turn = record
         reply_started = _now()
         chunks: list[str] = []
+        clock: dict[str, float] = {}
         try:
-            async for chunk in self.writer.stream(plan, masked):
+            async for chunk in self.writer.stream(plan, masked, clock):
                 if not chunks:
                     record.latencies["first_chunk_ms"] = _ms_since(t0)
                 chunks.append(chunk.text)
@@ -155,20 +170,68 @@ class Conversation:
             # Runs on barge-in too (the consumer stops early): only what was yielded was said.
             record.reply_text = " ".join(chunks)
             record.latencies["total_ms"] = _ms_since(t0)
-            await self._log_reply(record, reply_started, masked)
+            if "llm_first_token" in clock:
+                record.latencies["llm_first_token_ms"] = round((clock["llm_first_token"] - t0) * 1000, 1)
+            if defer_log:
+                self._open_reply = (record, reply_started, masked)
+            else:
+                await self._log_reply(record, reply_started, masked)
+
+    async def finish_reply(
+        self, heard_text: str | None = None, *, interrupted: bool = False, latencies: dict[str, float] | None = None
+    ) -> None:
+        """Log the reply of a `respond(..., defer_log=True)` turn as the caller heard it.
+
+        `heard_text` replaces the generated text (None = all of it was heard): after a barge-in the
+        history and the log keep only the words that were played, so the next turn's context is what
+        the caller knows. Idempotent: a second call does nothing.
+        """
+        if self._open_reply is None:
+            return
+        record, started, caller_text = self._open_reply
+        self._open_reply = None
+        if heard_text is not None:
+            record.latencies["generated_words"] = len(record.reply_text.split())
+            record.reply_text = heard_text
+        if interrupted:
+            record.latencies["interrupted"] = 1.0
+        record.latencies.update(latencies or {})
+        await self._log_reply(record, started, caller_text)
 
     async def reply(self, user_text: str | bytes) -> str:
         """The whole reply as one string (scripts and tests)."""
         return " ".join([chunk async for chunk in self.respond(user_text)])
 
+    async def log_caller_fragment(self, text: str, meta: dict[str, float] | None = None) -> None:
+        """Log caller words that got no reply (the caller hung up mid-sentence); card numbers are masked."""
+        masked, _, _ = mask_turn(clean_utterance(text).text)
+        now = _now()
+        await self._save(_PendingTurn("caller", masked, now, now, latencies=meta))
+
+    async def log_handoff(self, reason: str) -> None:
+        """Record that the call was handed to a person, and why (the call's metadata)."""
+        if self.call_id is None:
+            await self._flush()
+        if self.call_id is None:
+            return
+        try:
+            await asyncio.to_thread(
+                self.call_log.update_meta, self.call_id, handoff={"reason": reason, "at": _now().isoformat()}
+            )
+        except DB_ERRORS as err:
+            log.error("could not log the hand-off of call %s: %s", self.call_id, err)
+
     async def close(self, reason: str = "completed") -> None:
+        """End the call record (a reply still waiting for `finish_reply` is logged as generated)."""
+        if self._open_reply is not None:
+            await self.finish_reply()
         if self._closed or self.call_id is None:
             return
         self._closed = True
         await self._flush()
         try:
             await asyncio.to_thread(self.call_log.end_call, self.call_id, reason=reason)
-        except _DB_ERRORS as err:
+        except DB_ERRORS as err:
             log.error("could not close call %s: %s", self.call_id, err)
 
     # ------------------------------------------------------------------ internals
@@ -183,7 +246,7 @@ class Conversation:
             return masked, plan
         try:
             return masked, await asyncio.to_thread(self.dialogue.handle, masked)
-        except _DB_ERRORS as err:
+        except DB_ERRORS as err:
             log.error("tool call failed on call %s: %s", self.call_id, err)
             return masked, ReplyPlan("system_trouble", [_SYSTEM_TROUBLE])
 
@@ -217,7 +280,7 @@ class Conversation:
         if self.call_id is None:
             try:
                 await self.start()
-            except _DB_ERRORS as err:
+            except DB_ERRORS as err:
                 log.error("call log unavailable, keeping %d turns in memory: %s", len(self._unsaved), err)
                 return
         while self._unsaved:
@@ -234,7 +297,7 @@ class Conversation:
                     tool_calls=turn.tool_calls,
                     latencies=turn.latencies,
                 )
-            except _DB_ERRORS as err:
+            except DB_ERRORS as err:
                 log.error("call log unavailable, keeping %d turns in memory: %s", len(self._unsaved), err)
                 return
             self._unsaved.pop(0)

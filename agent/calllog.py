@@ -51,9 +51,10 @@ class CallLog:
         caller_number: str | None = None,
         model_version: str | None = None,
         metadata: dict[str, Any] | None = None,
+        call_id: str | None = None,
     ) -> str:
-        """Open a call record and return its id (a uuid4 string)."""
-        call_id, started_at = str(uuid.uuid4()), utcnow()
+        """Open a call record and return its id (`call_id` if given, else a new uuid4 string)."""
+        call_id, started_at = call_id or str(uuid.uuid4()), utcnow()
 
         def work(session: Session) -> str:
             session.add(
@@ -122,6 +123,45 @@ class CallLog:
 
         self._db.transact(work)
 
+    def set_audio(self, call_id: str, *, caller_audio: str | None, agent_audio: str | None) -> None:
+        """Reference the call's recorded audio legs (files written by the voice loop)."""
+
+        def work(session: Session) -> None:
+            call = _get_call(session, call_id, for_update=True)
+            call.caller_audio_path, call.agent_audio_path = caller_audio, agent_audio
+
+        self._db.transact(work)
+
+    def update_meta(self, call_id: str, **values: Any) -> None:
+        """Merge values into the call's metadata (transport ids, hand-offs, voice events)."""
+
+        def work(session: Session) -> None:
+            call = _get_call(session, call_id, for_update=True)
+            call.meta = {**(call.meta or {}), **values}  # a new dict: JSON columns track assignment only
+
+        self._db.transact(work)
+
+    def call_summary(self, call_id: str) -> CallSummary:
+        """The call row as a plain record."""
+
+        def work(session: Session) -> CallSummary:
+            return _summary(_get_call(session, call_id))
+
+        return self._db.transact(work, write=False)
+
+    def find_call(self, meta_key: str, value: str, *, recent: int = 1000) -> str | None:
+        """The id of the most recent call whose metadata has `meta_key == value` (e.g. a Twilio callSid).
+
+        Scans the latest `recent` calls in Python: the JSON column is not indexed the same way on
+        SQLite and PostgreSQL, and this lookup is for operators and test callers, not the call path.
+        """
+
+        def work(session: Session) -> str | None:
+            calls = session.scalars(select(Call).order_by(Call.started_at.desc()).limit(recent))
+            return next((c.id for c in calls if (c.meta or {}).get(meta_key) == value), None)
+
+        return self._db.transact(work, write=False)
+
     def set_training(self, call_id: str, included: bool) -> None:
         """The operator's choice whether the nightly tuning may learn from this call."""
 
@@ -139,6 +179,39 @@ class CallLog:
             return [_record(turn) for turn in turns]
 
         return self._db.transact(work, write=False)
+
+
+@dataclass(frozen=True)
+class CallSummary:
+    """One call row, as stored."""
+
+    id: str
+    channel: str
+    caller_number: str | None
+    started_at: datetime
+    ended_at: datetime | None
+    end_reason: str | None
+    model_version: str | None
+    training: str
+    caller_audio_path: str | None
+    agent_audio_path: str | None
+    meta: dict[str, Any]
+
+
+def _summary(call: Call) -> CallSummary:
+    return CallSummary(
+        id=call.id,
+        channel=call.channel,
+        caller_number=call.caller_number,
+        started_at=call.started_at,
+        ended_at=call.ended_at,
+        end_reason=call.end_reason,
+        model_version=call.model_version,
+        training=call.training,
+        caller_audio_path=call.caller_audio_path,
+        agent_audio_path=call.agent_audio_path,
+        meta=dict(call.meta or {}),
+    )
 
 
 def _get_call(session: Session, call_id: str, *, for_update: bool = False) -> Call:

@@ -28,6 +28,9 @@ def hotel_today(settings: Settings, hotel: HotelProfile) -> Callable[[], date]:
     return lambda: datetime.now(zone).date()
 
 
+VOICE_CHANNELS = frozenset({"twilio", "web"})
+
+
 class AgentRuntime:
     def __init__(self, settings: Settings, *, llm: TextStreamer | None, db: Database | None = None):
         self.settings = settings
@@ -62,7 +65,10 @@ class AgentRuntime:
             caller_number=caller_number,
             max_new_tokens=self.settings.llm_max_new_tokens,
             temperature=self.settings.llm_temperature,
-            first_sentence_budget_s=(
-                None if self.settings.llm_first_sentence_ms is None else self.settings.llm_first_sentence_ms / 1000
-            ),
+            first_sentence_budget_s=self._first_sentence_budget_s(voice=channel in VOICE_CHANNELS),
         )
+
+    def _first_sentence_budget_s(self, *, voice: bool) -> float | None:
+        """A caller on the phone hears the wait as silence: voice calls give the LLM less time."""
+        budget_ms = self.settings.voice_llm_first_sentence_ms if voice else self.settings.llm_first_sentence_ms
+        return None if budget_ms is None else budget_ms / 1000

@@ -12,6 +12,7 @@ the template, so the caller always hears the exact facts while the model supplie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator
@@ -162,16 +163,24 @@ class ReplyWriter:
         self.first_sentence_budget_s = first_sentence_budget_s
         self.room_names = tuple(word for room in hotel.room_types for word in (room.name, room.code))
 
-    async def stream(self, plan: ReplyPlan, caller_text: str) -> AsyncIterator[ReplyChunk]:
+    async def stream(
+        self, plan: ReplyPlan, caller_text: str, clock: dict[str, float] | None = None
+    ) -> AsyncIterator[ReplyChunk]:
+        """Grounded model sentences while they last, then the template's remainder.
+
+        `clock`, when given, receives `llm_first_token` (time.perf_counter) for per-stage timings.
+        """
         spoken: list[str] = []
         if self.llm is not None and plan.act not in TEMPLATE_ONLY_ACTS:
-            async for sentence in self._grounded_model_sentences(plan, caller_text):
+            async for sentence in self._grounded_model_sentences(plan, caller_text, clock):
                 spoken.append(sentence)
                 yield ReplyChunk(sentence, "llm")
         for sentence in self._template_remainder(plan, spoken):
             yield ReplyChunk(sentence, "template")
 
-    async def _grounded_model_sentences(self, plan: ReplyPlan, caller_text: str) -> AsyncIterator[str]:
+    async def _grounded_model_sentences(
+        self, plan: ReplyPlan, caller_text: str, clock: dict[str, float] | None
+    ) -> AsyncIterator[str]:
         allowed = fact_tokens(plan.text, self.room_names)
         vocabulary = content_words(plan.text + " " + self.hotel.name)
         buffer, accepted = "", 0
@@ -181,12 +190,21 @@ class ReplyWriter:
             temperature=self.temperature,
         )
         deadline = None if self.first_sentence_budget_s is None else time.monotonic() + self.first_sentence_budget_s
+        pending: asyncio.Future[str] | None = None
         try:
             while True:
+                pending = asyncio.ensure_future(anext(stream))
+                timeout = None if deadline is None or accepted else max(deadline - time.monotonic(), 0.0)
+                done, _ = await asyncio.wait({pending}, timeout=timeout)
+                if not done:
+                    return  # too slow to be worth the caller's wait: the template carries the reply
+                finished, pending = pending, None
                 try:
-                    piece = await _next_piece(stream, deadline if accepted == 0 else None)
-                except (StopAsyncIteration, TimeoutError):
-                    return  # done, or too slow to be worth the caller's wait: the template carries the reply
+                    piece = finished.result()
+                except StopAsyncIteration:
+                    return
+                if clock is not None and "llm_first_token" not in clock:
+                    clock["llm_first_token"] = time.perf_counter()
                 buffer += piece
                 sentences, buffer = split_sentences(buffer)
                 for sentence in sentences:
@@ -197,7 +215,9 @@ class ReplyWriter:
                     if accepted >= MAX_MODEL_SENTENCES:
                         return
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+            # Stopping generation waits for the model's current step (a whole prompt prefill at first):
+            # that happens in the background so the template reply is not held up by it.
+            _close_later(stream, pending)
 
     def _is_grounded(self, sentence: str, allowed: set[str], vocabulary: set[str], act: str) -> bool:
         words = sentence.split()
@@ -232,11 +252,23 @@ class ReplyWriter:
         return messages
 
 
-async def _next_piece(stream: AsyncIterator[str], deadline: float | None) -> str:
-    """The stream's next piece, or TimeoutError once `deadline` (time.monotonic) has passed."""
-    if deadline is None:
-        return await anext(stream)
-    return await asyncio.wait_for(anext(stream), max(deadline - time.monotonic(), 0.0))
+_closing: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
+
+
+def _close_later(stream: AsyncIterator[str], pending: asyncio.Future[str] | None) -> None:
+    """Stop a model stream without waiting for it: cancel the pending read, then close the generator."""
+
+    async def close() -> None:
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+        with contextlib.suppress(Exception):
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    task = asyncio.get_running_loop().create_task(close())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
 
 
 _SYSTEM_PROMPT = (

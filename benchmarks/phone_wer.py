@@ -136,7 +136,16 @@ def configs(prompt: str, hotwords: str) -> list[Config]:
         Config("faster-whisper defaults, pad", None, pad=True),
         Config("greedy, pad", DecodeOptions(beam_size=1), pad=True),
         Config("greedy + prompt, pad", DecodeOptions(beam_size=1, initial_prompt=prompt), pad=True),
+        *(
+            Config(f"greedy + prompt, short window +{margin:g} s", _short(prompt, margin))
+            for margin in (0.5, 1.0, 2.0, 4.0)
+        ),
+        Config("greedy + prompt, short window +1 s, pad", _short(prompt, 1.0), pad=True),
     ]
+
+
+def _short(prompt: str, margin: float) -> DecodeOptions:
+    return DecodeOptions(beam_size=1, initial_prompt=prompt, encoder_margin_s=margin)
 
 
 def synthesize_all(tts: Synthesizer, lines: tuple[str, ...]) -> tuple[list[npt.NDArray[np.float32]], float, float]:
@@ -197,6 +206,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="ASR and TTS threads (the CPU is shared)")
     parser.add_argument("--limit", type=int, default=len(CALLER_LINES), help="use only the first N lines")
+    parser.add_argument("--only", default="", help="run only configurations whose name contains this")
     parser.add_argument("--variation", action="store_true", help="natural (random) prosody: runs differ")
     args = parser.parse_args()
     settings = Settings()
@@ -209,7 +219,8 @@ def main() -> None:
     asr = Recognizer(bundled_whisper_path(settings), threads=args.threads)
     lines = CALLER_LINES[: args.limit]
     heard, tts_seconds, audio_seconds = synthesize_all(tts, lines)
-    rows = [run_config(asr, heard, c) for c in configs(domain_prompt(hotel), domain_hotwords(hotel))]
+    chosen = [c for c in configs(domain_prompt(hotel), domain_hotwords(hotel)) if args.only in c.name]
+    rows = [run_config(asr, heard, c) for c in chosen]
     tts_rtf = tts_seconds / audio_seconds
     print_table(rows, tts_rtf, len(lines), args.threads)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

