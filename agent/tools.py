@@ -186,9 +186,7 @@ class HotelTools:
     ) -> BookingView:
         """Change dates, room or guests atomically: old nights released, new ones reserved, re-priced."""
         if check_in is None and check_out is None and room_type is None and guests is None:
-            raise InvalidRequest(
-                "What would you like to change: the dates, the room type or the number of guests?"
-            )
+            raise InvalidRequest("What would you like to change: the dates, the room type or the number of guests?")
 
         def work(session: Session) -> BookingView:
             booking = _find_booking(session, code, last_name, for_update=True)
@@ -222,9 +220,7 @@ class HotelTools:
             booking = _find_booking(session, code, last_name, for_update=True)
             self._check_changeable(booking)
             room = booking.room_type
-            _move_inventory(
-                session, _nights_of(room, booking.check_in, booking.check_out), set(), {room.id: room}
-            )
+            _move_inventory(session, _nights_of(room, booking.check_in, booking.check_out), set(), {room.id: room})
             booking.status = "cancelled"
             session.flush()
             return _view(booking)
@@ -251,9 +247,7 @@ class HotelTools:
         if booking.status == "cancelled":
             raise InvalidRequest(f"Booking {booking.code} is already cancelled.")
         if booking.check_in < self._today():
-            raise InvalidRequest(
-                "That stay has already started, so I can't change it by phone; the front desk can."
-            )
+            raise InvalidRequest("That stay has already started, so I can't change it by phone; the front desk can.")
 
     def _quote(self, session: Session, room: RoomType, check_in: date, check_out: date) -> Quote:
         rates = _nightly_rates(session, room, check_in, check_out)
@@ -361,9 +355,7 @@ def _apply_quote(booking: Booking, quote: Quote) -> None:
     booking.currency = quote.currency
 
 
-def _move_inventory(
-    session: Session, old: set[Night], new: set[Night], rooms: Mapping[int, RoomType]
-) -> None:
+def _move_inventory(session: Session, old: set[Night], new: set[Night], rooms: Mapping[int, RoomType]) -> None:
     """Release the nights only in `old` and reserve those only in `new`; nights in both stay held.
 
     Rows are touched in one global order (room type, night) so concurrent PostgreSQL transactions
@@ -385,10 +377,7 @@ def _create_missing_nights(session: Session, nights: set[Night], rooms: Mapping[
     insert = _INSERTS[connection.dialect.name](Inventory).on_conflict_do_nothing(
         index_elements=["room_type_id", "night"]
     )
-    rows = [
-        {"room_type_id": rt, "night": night, "total": rooms[rt].count, "booked": 0}
-        for rt, night in sorted(nights)
-    ]
+    rows = [{"room_type_id": rt, "night": night, "total": rooms[rt].count, "booked": 0} for rt, night in sorted(nights)]
     connection.execute(insert, rows)
 
 
@@ -397,9 +386,7 @@ def _reserve_night(session: Session, room: RoomType, night: date) -> None:
     # database evaluates that atomically against concurrent writers.
     result = session.connection().execute(
         update(Inventory)
-        .where(
-            Inventory.room_type_id == room.id, Inventory.night == night, Inventory.booked < Inventory.total
-        )
+        .where(Inventory.room_type_id == room.id, Inventory.night == night, Inventory.booked < Inventory.total)
         .values(booked=Inventory.booked + 1)
     )
     if result.rowcount != 1:

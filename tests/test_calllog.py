@@ -27,14 +27,10 @@ def stored_call(db: Database, call_id: str) -> Call:
 
 def test_call_and_turns_round_trip_with_timings(db: Database) -> None:
     log = CallLog(db)
-    call_id = log.start_call(
-        channel="twilio", caller_number="+12075550199", model_version="m1", metadata={"a": 1}
-    )
+    call_id = log.start_call(channel="twilio", caller_number="+12075550199", model_version="m1", metadata={"a": 1})
     tool_calls = [{"name": "check_availability", "args": {"guests": 2}, "result": "2 room types"}]
     latencies = {"asr": 212.5, "llm": 640.0, "tts_first_audio": 180.25}
-    assert (
-        log.log_turn(call_id, role="caller", text="A room for Friday?", started_at=at(0), ended_at=at(2)) == 0
-    )
+    assert log.log_turn(call_id, role="caller", text="A room for Friday?", started_at=at(0), ended_at=at(2)) == 0
     assert (
         log.log_turn(
             call_id,

@@ -80,9 +80,7 @@ CASES = [
 
 
 @pytest.mark.parametrize(("today", "text", "check_in", "check_out", "nights"), CASES)
-def test_parse_stay(
-    today: date, text: str, check_in: date | None, check_out: date | None, nights: int | None
-) -> None:
+def test_parse_stay(today: date, text: str, check_in: date | None, check_out: date | None, nights: int | None) -> None:
     assert parse_stay(text, today) == StayDates(check_in, check_out, nights)
 
 

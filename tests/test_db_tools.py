@@ -48,13 +48,9 @@ def tools(db: Database, hotel: HotelProfile) -> HotelTools:
     return HotelTools(db, hotel, today=pinned_today)
 
 
-def book(
-    tools: HotelTools, room_type: str = "standard", start: int = 3, nights: int = 2, **extra
-) -> BookingView:
+def book(tools: HotelTools, room_type: str = "standard", start: int = 3, nights: int = 2, **extra) -> BookingView:
     details = {"guests": 2, "first_name": "Ada", "last_name": "Lovelace", **extra}
-    return tools.create_booking(
-        room_type=room_type, check_in=day(start), check_out=day(start + nights), **details
-    )
+    return tools.create_booking(room_type=room_type, check_in=day(start), check_out=day(start + nights), **details)
 
 
 def inventory(db: Database, room_type: str) -> dict[date, tuple[int, int]]:
@@ -106,9 +102,7 @@ def test_quote_mixes_weekday_and_weekend_rates_and_adds_taxes(tools: HotelTools)
 def test_quote_uses_the_latest_rate_covering_each_night(db: Database, tools: HotelTools) -> None:
     with db.session() as session:
         suite_id = session.scalar(select(RoomType.id).where(RoomType.code == "suite"))
-        session.add(
-            Rate(room_type_id=suite_id, valid_from=day(1), valid_to=day(1), nightly_rate=Decimal("400.05"))
-        )
+        session.add(Rate(room_type_id=suite_id, valid_from=day(1), valid_to=day(1), nightly_rate=Decimal("400.05")))
     quote = tools.quote("suite", day(0), day(3))
     assert quote.nightly_rates == (Decimal("389.00"), Decimal("400.05"), Decimal("389.00"))
     assert (quote.subtotal, quote.taxes, quote.total) == (
@@ -223,9 +217,7 @@ def test_booking_without_a_free_night_changes_nothing(db: Database, tools: Hotel
         ({"last_name": "  "}, "last name"),
     ],
 )
-def test_invalid_requests_are_refused_with_a_caller_safe_message(
-    tools: HotelTools, change: dict, message: str
-) -> None:
+def test_invalid_requests_are_refused_with_a_caller_safe_message(tools: HotelTools, change: dict, message: str) -> None:
     request = {
         "room_type": "standard",
         "check_in": day(3),
@@ -334,9 +326,7 @@ def test_transactions_are_retried_after_lock_timeouts(db: Database) -> None:
 def test_migrations_produce_exactly_the_model_schema(db: Database) -> None:
     db.migrate()  # a second run is a no-op
     with db.connect() as connection:
-        context = MigrationContext.configure(
-            connection, opts={"compare_type": True, "compare_server_default": True}
-        )
+        context = MigrationContext.configure(connection, opts={"compare_type": True, "compare_server_default": True})
         assert compare_metadata(context, Base.metadata) == []
         assert _constraint_names(inspect(connection)) == _constraint_names(Base.metadata)
 
@@ -372,9 +362,7 @@ def test_seed_is_idempotent_and_follows_hotel_file_edits(db: Database, hotel: Ho
         assert session.scalars(select(RoomType.code).order_by(RoomType.id)).all() == hotel.room_codes
         assert len(session.scalars(select(Rate)).all()) == len(hotel.room_types)
     assert inventory(db, "suite") == {day(3): (5, 1), day(4): (5, 1)}
-    assert HotelTools(db, edited, today=pinned_today).quote("suite", day(0), day(1)).subtotal == Decimal(
-        "399.00"
-    )
+    assert HotelTools(db, edited, today=pinned_today).quote("suite", day(0), day(1)).subtotal == Decimal("399.00")
 
 
 @pytest.fixture

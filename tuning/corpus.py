@@ -376,7 +376,6 @@ def _greedy_reply(model: Any, tokenizer: Any, messages: list[dict[str, str]]) ->
     return text if finished else _whole_sentences(text)
 
 
-
 def _whole_sentences(text: str) -> str:
     match = re.match(r"(?s).*[.!?]", text)
     return match.group(0) if match else text

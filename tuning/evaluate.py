@@ -470,7 +470,6 @@ def _user(prompt: str) -> Messages:
     return [{"role": "user", "content": prompt}]
 
 
-
 def _greedy(run: _Run, model: Any, prompts: Sequence[list[int]], max_new_tokens: int, desc: str) -> list[list[int]]:
     """Greedy reply tokens per prompt, through the first end-of-turn token (batched, longest first)."""
     eos = eos_token_ids(model, run.tokenizer)

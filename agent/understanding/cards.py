@@ -47,9 +47,7 @@ def _card_spans(run: DigitRun) -> list[tuple[int, int]]:
 
 def mask_card_numbers(text: str) -> tuple[str, int]:
     """The text with every card number, typed or read aloud, replaced by a marker; and how many there were."""
-    spans = [
-        span for run in digit_runs(text) if not _international_phone(text, run) for span in _card_spans(run)
-    ]
+    spans = [span for run in digit_runs(text) if not _international_phone(text, run) for span in _card_spans(run)]
     out, pos = [], 0
     for start, end in spans:
         out += [text[pos:start], MASK]
