@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import ctranslate2
@@ -28,6 +28,7 @@ SAMPLE_RATE = 16000
 FRAMES_PER_SECOND = 100  # Whisper's mel hop is 10 ms
 MAX_FRAMES = 3000  # Whisper's 30 s window
 MAX_NEW_TOKENS = 128  # a phone turn is far shorter; bounds a runaway repetition loop
+RETRY_MARGIN_FACTOR = 4.0
 MAX_COMPRESSION_RATIO = 2.4  # faster-whisper's default threshold for repetitive text
 
 # Whisper's own skip rule (no_speech_threshold / log_prob_threshold in faster-whisper): both must hold.
@@ -129,6 +130,17 @@ def is_hallucination(stats: SegmentStats, audio: npt.NDArray[np.float32]) -> boo
     return level < WEAK_DBFS or stats.no_speech_prob > DOUBTFUL_NO_SPEECH
 
 
+# Whisper hears "two adults" as "to adults" on a phone line (measured in the voice demo); before a counted
+# noun "to"/"too" can only be the number.
+_COUNTED = r"adults|guests|people|persons|nights|kids|children|rooms|beds|queens|kings|suites"  # plurals: "to bed"
+_TWO_HOMOPHONE = re.compile(rf"\b(?:to|too)\b(?=\s+(?:{_COUNTED})\b)", re.IGNORECASE)
+
+
+def fix_homophones(text: str) -> str:
+    """Undo the recogniser's number homophones that the dialogue would misread ("to adults" -> "two adults")."""
+    return _TWO_HOMOPHONE.sub(lambda m: "Two" if m[0][0].isupper() else "two", text)
+
+
 def domain_prompt(hotel: HotelProfile) -> str:
     """A prompt in the style of a transcript that names the hotel, its rooms and its words."""
     rooms = ", ".join(room.name for room in hotel.room_types)
@@ -163,12 +175,19 @@ class Recognizer:
         opts = options or self.options
         audio = np.asarray(audio, dtype=np.float32)
         duration = len(audio) / SAMPLE_RATE
-        stats = self._decode_short(audio, opts) if opts.encoder_margin_s is not None else None
-        if stats is None:  # the full window: the default, and the fallback when a short pass looks wrong
+        stats = None
+        if opts.encoder_margin_s is not None:
+            # A pass that looks wrong is retried on a wider window (measured: the loops and cuts of a tight
+            # window mostly vanish at 4x the margin), and only then on the full window.
+            for margin in (opts.encoder_margin_s, RETRY_MARGIN_FACTOR * opts.encoder_margin_s):
+                stats = self._decode_short(audio, replace(opts, encoder_margin_s=margin))
+                if stats is not None:
+                    break
+        if stats is None:  # the full window: the default, and the last resort when short passes look wrong
             stats = self._decode_full(audio, opts)
         if opts.filter_hallucinations and is_hallucination(stats, audio):
             return Transcript("", stats.avg_logprob, stats.no_speech_prob, duration, dropped=stats.text)
-        return Transcript(stats.text, stats.avg_logprob, stats.no_speech_prob, duration)
+        return Transcript(fix_homophones(stats.text), stats.avg_logprob, stats.no_speech_prob, duration)
 
     def _decode_full(self, audio: npt.NDArray[np.float32], opts: DecodeOptions) -> SegmentStats:
         """faster-whisper's own pipeline: features padded to Whisper's 30 s window."""
@@ -234,9 +253,11 @@ def _looks_cut_or_looping(text: str, seconds: float) -> bool:
     """Text too repetitive (faster-whisper's compression-ratio rule) or too short for the audio's length."""
     if get_compression_ratio(text) > MAX_COMPRESSION_RATIO or _REPEATED_PHRASE.search(text):
         return True
-    # Callers speak 2-3 words a second; under one word per 2 s of a long turn, words were lost. The audio
-    # includes endpointing silence, so the bound is loose; a real one-word answer is short audio.
-    return seconds > 2.0 and len(text.split()) < seconds / 2.0
+    # Callers speak 12-15 characters a second (a digit, written as one character, takes as long to say as a
+    # short word: count it as 4). Under 3 a second over a long turn, words were lost. The audio includes
+    # pre-roll and trailing silence, so the bound is loose; a real one-word answer is short audio.
+    spoken_chars = len(text) + 3 * sum(ch.isdigit() for ch in text)
+    return seconds > 2.0 and spoken_chars < 3.0 * seconds
 
 
 def _merge(segments: list) -> SegmentStats:

@@ -59,7 +59,7 @@ class AgentRuntime:
             hotel=self.hotel,
             tools=self.tools,
             call_log=self.call_log,
-            llm=self.llm,
+            llm=None if channel in VOICE_CHANNELS and not self.settings.voice_llm else self.llm,
             today=self.today,
             channel=channel,
             caller_number=caller_number,

@@ -22,13 +22,9 @@ import asyncio
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,13 +46,13 @@ from innkeeper.caller import (
     lines_from_text,
     place_call,
 )
+from innkeeper.server import ServerProcess
 from innkeeper.settings import Settings
 from telephony.codec import pcm16_to_float32
 from telephony.resample import ASR_RATE, resample
 
 RESULTS = Path(__file__).resolve().parent / "results" / "voice_latency.json"
 TODAY = "2026-11-26"
-HEALTH_TIMEOUT_S = 120.0
 STAGGER_S = 0.7  # calls start this far apart so that their turn ends do not all coincide
 SETTLE_S = 2.0  # pause between concurrency levels
 RTF_LINES = 3
@@ -76,60 +72,6 @@ console = Console()
 
 
 # ---------------------------------------------------------------- the server
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_server(home: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
-    """`innkeeper serve` on a free port with its own state directory; returns it, its ws URL and its log."""
-    port = free_port()
-    executable = Path(sys.executable).with_name("innkeeper")
-    env = {**os.environ, "INNKEEPER_HOME": str(home), "INNKEEPER_TODAY": TODAY}
-    log = home / "server.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [str(executable), "serve", "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    url = f"ws://127.0.0.1:{port}"
-    try:
-        wait_healthy(server, http_base(url), log)
-    except BaseException:
-        stop_server(server)
-        raise
-    return server, url, log
-
-
-def wait_healthy(server: subprocess.Popen[bytes], base: str, log: Path) -> None:
-    """Until GET /healthz answers 200 (models load first); fails early if the server exits."""
-    deadline = time.monotonic() + HEALTH_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited with code {server.returncode}:\n{tail(log)}")
-        try:
-            with urllib.request.urlopen(f"{base}/healthz", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{base}/healthz did not answer 200 within {HEALTH_TIMEOUT_S:g} s:\n{tail(log)}")
-
-
-def stop_server(server: subprocess.Popen[bytes]) -> None:
-    server.terminate()
-    try:
-        server.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
-
-
-def tail(log: Path, lines: int = 30) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else "(no log)"
 
 
 # ---------------------------------------------------------------- models in this process
@@ -269,14 +211,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, nargs="+", default=[1, 2, 4], help="concurrency levels")
     parser.add_argument("--url", help="a running server (ws://host:port); default: start one")
+    parser.add_argument("--llm", action="store_true", help="let the LLM word replies (INNKEEPER_VOICE_LLM)")
     args = parser.parse_args()
     settings = Settings(asr_threads=1, tts_threads=1)
     synthesizer = load_synthesizer(settings, variation=False)  # the same caller audio every run
     lines = lines_from_text(BOOKING_CALL, synthesizer)
     rtf = speech_rtf(settings, synthesizer, lines)  # before the server starts: measured on a quiet CPU
     with tempfile.TemporaryDirectory(prefix="innkeeper-bench-") as home:
+        server = None if args.url else ServerProcess(Path(home), env={"INNKEEPER_TODAY": TODAY}, llm=args.llm)
         try:
-            server, url, log = (None, args.url, None) if args.url else start_server(Path(home))
+            url = args.url or server.__enter__().url
         except RuntimeError as exc:
             console.print(f"[red]could not start the server: {exc}")
             sys.exit(1)
@@ -284,12 +228,14 @@ def main() -> None:
             levels = asyncio.run(measure(url, lines, args.calls))
         finally:
             if server is not None:
-                stop_server(server)
-        if any(level["server_errors"] or level["failed_calls"] for level in levels) and log is not None:
-            console.print(f"[yellow]server log tail:\n{tail(log)}")
+                server.stop()
+        if any(level["server_errors"] or level["failed_calls"] for level in levels) and server is not None:
+            console.print(f"[yellow]server log tail:\n{server.log_tail()}")
     print_tables(levels, rtf)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    results = RESULTS.with_name("voice_latency_llm.json") if args.llm else RESULTS
+    results.parent.mkdir(parents=True, exist_ok=True)
     result = {
+        "llm": "bundled SmolLM2-135M, INNKEEPER_VOICE_LLM_FIRST_SENTENCE_MS" if args.llm else "off (templates)",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
         "server": args.url or f"innkeeper serve (INNKEEPER_TODAY={TODAY}, fresh INNKEEPER_HOME)",
@@ -300,8 +246,8 @@ def main() -> None:
         "levels": levels,
         "speech_rtf": rtf,
     }
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"wrote {RESULTS}")
+    results.write_text(json.dumps(result, indent=2) + "\n")
+    console.print(f"wrote {results}")
 
 
 if __name__ == "__main__":

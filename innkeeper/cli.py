@@ -253,39 +253,120 @@ DEMO_SCRIPT = (
 )
 
 
+# Spoken by the bundled voice through a phone line, so numbers and dates are written as a caller says them.
+VOICE_DEMO_SCRIPT = (
+    "Hi, I'd like to book a room for four nights, arriving December seventh.",
+    "Two adults.",
+    "The Deluxe King, please.",
+    "My name is John Smith.",
+    "Six one seven, five five five, zero one two three.",
+    "Yes, please book it.",
+    "No, that's all, thank you.",
+)
+
+
 @app.command()
 def demo(
-    no_llm: Annotated[bool, typer.Option("--no-llm", help="Template wording only.")] = False,
-    database: Annotated[Path | None, typer.Option(help="SQLite file for the demo (reset each run).")] = None,
+    text: Annotated[bool, typer.Option("--text", help="The text-chat demo (no server, no audio).")] = False,
+    no_llm: Annotated[bool, typer.Option("--no-llm", help="--text: template wording only.")] = False,
+    llm: Annotated[bool, typer.Option("--llm", help="Voice: let the LLM word replies (slower).")] = False,
+    database: Annotated[Path | None, typer.Option(help="--text: SQLite file for the demo (reset each run).")] = None,
 ) -> None:
-    """The main job: a scripted booking conversation through the real model and a real database."""
+    """The main job: a phone call that books a room: server, Twilio protocol, speech both ways, a real database."""
+    settings = _settings()
+    if text:
+        _text_demo(settings, no_llm=no_llm, database=database)
+    else:
+        _voice_demo(settings, llm=llm)
+
+
+def _voice_demo(settings: Settings, *, llm: bool) -> None:
+    """Start `innkeeper serve`, place a call over the Twilio protocol, show transcript, timings and the booking."""
+    import shutil
+
+    from agent.tts import load_synthesizer
+    from innkeeper.caller import call_url, latency_table, lines_from_text, place_call
+    from innkeeper.server import ServerProcess
+
+    home = settings.home / "demo-voice"
+    shutil.rmtree(home, ignore_errors=True)  # a fresh database each run: the booking below is this call's
+    lines = lines_from_text(VOICE_DEMO_SCRIPT, load_synthesizer(settings, variation=False))
+    console.print("[bold]Innkeeper voice demo[/]: starting the server (models load first) …")
+    demo_db = f"sqlite:///{home / 'innkeeper.db'}"  # its own database, whatever INNKEEPER_DATABASE_URL says
+    with ServerProcess(home, env={"INNKEEPER_DATABASE_URL": demo_db}, llm=llm) as server:
+        target = call_url(server.url, "twilio")
+        console.print(f"placing a phone call to {target} (Twilio Media Streams, 8 kHz mu-law, real time)")
+        report = asyncio.run(place_call(target, lines, protocol="twilio", record_dir=home / "recording"))
+        transcript = _call_transcript(report, target)
+        stages = _server_stages(server.http, report.call_id)
+    for role, line in transcript:
+        console.print(f"[{'yellow' if role == 'caller' else 'cyan'}]{role}:[/] {escape(line)}")
+    console.print(latency_table(report))
+    if stages is not None:
+        console.print(stages)
+    console.print(f"call audio: {home / 'recording'}")
+    _check_demo_booking(settings.model_copy(update={"home": home, "database_url": demo_db}), nights=4)
+
+
+def _server_stages(http: str, call_sid: str | None) -> Table | None:
+    """Where the time went in each reply, from the server's call record (ms after the caller stopped)."""
+    from innkeeper.caller import fetch_call_record
+
+    record = asyncio.run(fetch_call_record(http, call_sid=call_sid)) if call_sid else None
+    if not record:
+        return None
+    columns = ("endpoint_ms", "asr_wait_ms", "decide_ms", "llm_first_token_ms", "tts_first_ms", "first_audio_sent_ms")
+    table = Table(title="server stages per reply (ms after the caller's speech ended; decide/llm: after ASR)")
+    table.add_column("agent reply")
+    for column in columns:
+        table.add_column(column.removesuffix("_ms"), justify="right")
+    for turn in record.get("turns", []):
+        latencies = turn.get("latencies") or {}
+        if turn.get("role") == "agent" and "first_audio_sent_ms" in latencies:
+            cells = [f"{latencies[c]:.0f}" if c in latencies else "—" for c in columns]
+            table.add_row(escape(str(turn.get("text", ""))[:40]), *cells)
+    return table
+
+
+def _check_demo_booking(settings: Settings, *, nights: int) -> None:
+    from agent.hotel import load_hotel
+    from agent.runtime import hotel_today
+    from agent.tools import HotelTools
+    from innkeeper.db.database import Database
+
+    hotel = load_hotel(settings.hotel_file)
+    today = hotel_today(settings, hotel)
+    bookings = HotelTools(Database.from_settings(settings), hotel, today=today).list_bookings()
+    if not bookings:
+        err_console.print("[red]demo failed: no booking was made")
+        raise typer.Exit(1)
+    booking = bookings[-1]
+    console.print_json(json.dumps(asdict(booking), default=str))
+    expected_in = _next_date(today(), 12, 7)
+    ok = booking.check_in == expected_in and (booking.check_out - booking.check_in).days == nights
+    console.print(
+        f"dates check: expected {expected_in} for {nights} nights → "
+        + ("[green]OK" if ok else f"[red]WRONG ({booking.check_in}..{booking.check_out})")
+    )
+    if not ok:
+        raise typer.Exit(1)
+
+
+def _text_demo(settings: Settings, *, no_llm: bool, database: Path | None) -> None:
+    """A scripted booking conversation in text through the real model and a real database."""
     from agent.runtime import AgentRuntime
 
-    settings = _settings()
     demo_db = database or settings.home / "demo.db"
     demo_db.parent.mkdir(parents=True, exist_ok=True)
     demo_db.unlink(missing_ok=True)
     settings = settings.model_copy(update={"database_url": f"sqlite:///{demo_db}"})
     runtime = AgentRuntime.from_settings(settings, use_llm=not no_llm)
     console.print(
-        f"[bold]Innkeeper demo[/] — {runtime.hotel.name}; model: "
+        f"[bold]Innkeeper text demo[/] — {runtime.hotel.name}; model: "
         f"{runtime.llm.version if runtime.llm else 'templates only'}; today: {runtime.today()}"
     )
     asyncio.run(_run_demo(runtime))
-    bookings = runtime.tools.list_bookings()
-    if not bookings:
-        err_console.print("[red]demo failed: no booking was made")
-        raise typer.Exit(1)
-    booking = bookings[-1]
-    console.print_json(json.dumps(asdict(booking), default=str))
-    expected_in = _next_date(runtime.today(), 12, 7)
-    ok = booking.check_in == expected_in and (booking.check_out - booking.check_in).days == 4
-    console.print(
-        f"dates check: expected {expected_in} for 4 nights → "
-        + ("[green]OK" if ok else f"[red]WRONG ({booking.check_in}..{booking.check_out})")
-    )
-    if not ok:
-        raise typer.Exit(1)
+    _check_demo_booking(settings, nights=4)
 
 
 async def _run_demo(runtime) -> None:
@@ -312,7 +393,9 @@ def _next_date(today: date, month: int, day: int) -> date:
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to listen on (INNKEEPER_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (INNKEEPER_PORT).")] = None,
-    no_llm: Annotated[bool, typer.Option("--no-llm", help="Template wording only (no language model).")] = False,
+    llm: Annotated[
+        bool, typer.Option("--llm", help="Let the LLM word replies (INNKEEPER_VOICE_LLM; adds its wait to replies).")
+    ] = False,
 ) -> None:
     """The call server: Twilio Media Streams, the plain websocket (/ws/call) and the call records API."""
     from innkeeper.server import serve as run_server
@@ -320,8 +403,8 @@ def serve(
     settings = _settings()
     logging.getLogger().setLevel(logging.INFO)
     updates = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-    if no_llm:
-        updates["llm_model"] = "none"
+    if llm:
+        updates["voice_llm"] = True
     settings = settings.model_copy(update=updates)
     where = f"http://{settings.host}:{settings.port}"
     console.print(f"[bold]Innkeeper[/] serving on {where} (websockets: /twilio/stream, /ws/call)")

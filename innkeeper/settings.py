@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     tts_volume: float = Field(default=0.9, description="Peak level of each spoken sentence (1 = full scale).")
 
     # Voice calls (agent/voice.py, innkeeper/server.py).
-    endpoint_silence_ms: int = Field(default=480, description="Silence after speech that ends the caller's turn.")
+    endpoint_silence_ms: int = Field(default=560, description="Silence after speech that ends the caller turn (Piper comma pauses measure up to 416 ms).")
     early_silence_ms: int = Field(
         default=192, description="A shorter pause that starts speech recognition speculatively."
     )
@@ -85,9 +85,14 @@ class Settings(BaseSettings):
     partial_transcripts_ms: int | None = Field(
         default=1200, description="Partial transcript every N ms of caller speech (None = off)."
     )
+    voice_llm: bool = Field(
+        default=False,
+        description="Let the LLM word replies on voice calls. Off by default: on 2 CPU cores the bundled model's "
+        "first grounded sentence takes longer than a caller should wait (benchmarks/voice_latency.py --llm).",
+    )
     voice_llm_first_sentence_ms: int | None = Field(
         default=500,
-        description="On voice calls, the LLM's first grounded sentence must come this soon after the decision, "
+        description="With voice_llm: the LLM's first grounded sentence must come this soon after the decision, "
         "else the template reply is spoken (a caller hears silence while it waits). None = wait.",
     )
     recordings_dir: Path | None = Field(default=None, description="Call audio (a WAV per leg); default home/calls.")

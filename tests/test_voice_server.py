@@ -57,7 +57,7 @@ class LiveServer:
 
 @pytest.fixture(scope="module")
 def speech_models() -> SpeechModels:
-    return load_speech_models(Settings(partial_transcripts_ms=None))
+    return load_speech_models(Settings(partial_transcripts_ms=None, endpoint_silence_ms=640))
 
 
 @pytest.fixture(scope="module")
