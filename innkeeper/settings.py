@@ -75,7 +75,9 @@ class Settings(BaseSettings):
     tts_volume: float = Field(default=0.9, description="Peak level of each spoken sentence (1 = full scale).")
 
     # Voice calls (agent/voice.py, innkeeper/server.py).
-    endpoint_silence_ms: int = Field(default=560, description="Silence after speech that ends the caller turn (Piper comma pauses measure up to 416 ms).")
+    endpoint_silence_ms: int = Field(
+        default=560, description="Silence that ends the caller turn (Piper comma pauses measure up to 416 ms)."
+    )
     early_silence_ms: int = Field(
         default=192, description="A shorter pause that starts speech recognition speculatively."
     )
