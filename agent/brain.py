@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -45,6 +46,11 @@ _CARD_WARNING = (
     "We send a secure payment link by text message instead."
 )
 _SYSTEM_TROUBLE = "I'm sorry, I'm having trouble reaching our reservation system. Could you try that again in a moment?"
+# After a barge-in, a caller turn the dialogue cannot place ("that's right", "sorry?") gets the words of the
+# cut reply the caller never heard, so nothing they need (a confirmation code) is lost to the interruption.
+_RESUMABLE_ACTS = frozenset({"clarify"})
+_RESUME_LEAD = "Sorry, as I was saying:"
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 @dataclass
@@ -107,6 +113,7 @@ class Conversation:
         self.last_turn: TurnOutcome | None = None
         self._unsaved: list[_PendingTurn] = []
         self._open_reply: tuple[TurnOutcome, datetime, str] | None = None
+        self._unheard: list[str] = []  # sentences of the last reply a barge-in kept from the caller
         self._closed = False
 
     @property
@@ -152,6 +159,7 @@ class Conversation:
         """
         started, t0 = _now(), time.perf_counter()
         masked, plan = await self._decide(user_text)
+        plan = self._resume_if_unplaced(plan)
         decided_ms = _ms_since(t0)
         await self._save(_PendingTurn("caller", masked, started, _now(), latencies=heard))
         record = TurnOutcome(caller_text=masked, reply_text="", plan=plan, latencies={"decide_ms": decided_ms})
@@ -192,6 +200,8 @@ class Conversation:
         self._open_reply = None
         if heard_text is not None:
             record.latencies["generated_words"] = len(record.reply_text.split())
+            if interrupted:
+                self._unheard = unheard_sentences(record.reply_text, heard_text)
             record.reply_text = heard_text
         if interrupted:
             record.latencies["interrupted"] = 1.0
@@ -235,6 +245,12 @@ class Conversation:
             log.error("could not close call %s: %s", self.call_id, err)
 
     # ------------------------------------------------------------------ internals
+    def _resume_if_unplaced(self, plan: ReplyPlan) -> ReplyPlan:
+        unheard, self._unheard = self._unheard, []
+        if not unheard or plan.act not in _RESUMABLE_ACTS or plan.tool_calls:
+            return plan
+        return ReplyPlan("resume", [_RESUME_LEAD, *unheard])
+
     async def _decide(self, user_text: str | bytes) -> tuple[str, ReplyPlan]:
         clean = clean_utterance(user_text)
         masked, cards, card_like = mask_turn(clean.text)
@@ -301,6 +317,21 @@ class Conversation:
                 log.error("call log unavailable, keeping %d turns in memory: %s", len(self._unsaved), err)
                 return
             self._unsaved.pop(0)
+
+
+def unheard_sentences(generated: str, heard: str) -> list[str]:
+    """The sentences of `generated` from the first one the caller did not hear to the end.
+
+    `heard` is a word prefix of `generated` (what played before a barge-in), so counting words is enough.
+    """
+    heard_words = len(heard.split())
+    sentences = [s for s in _SENTENCE_END.split(generated.strip()) if s]
+    spoken = 0
+    for index, sentence in enumerate(sentences):
+        spoken += len(sentence.split())
+        if spoken > heard_words:
+            return sentences[index:]
+    return []
 
 
 def _now() -> datetime:

@@ -62,6 +62,8 @@ class VoiceConfig:
     barge_in_min_speech_ms: int = 400
     backchannels: frozenset[str] = frozenset(
         {"mhm", "mm", "hmm", "uh", "huh", "uh-huh", "um", "okay", "ok", "yeah", "yes", "right", "sure", "yep", "ah"}
+        # assent the agent should talk through: "that's right", "correct", "got it", "I see"
+        | {"that's", "thats", "correct", "exactly", "alright", "got", "it", "i", "see", "great", "perfect", "oh"}
     )
     # Audio sent ahead of the caller's playback: enough to ride out jitter, small enough that a `clear`
     # rarely has much to drop and the send clock stays a good estimate of what was heard.
@@ -94,13 +96,13 @@ class CallTransport(Protocol):
     async def hang_up(self) -> None: ...
 
 
-# A long sentence is spoken in pieces cut after a comma: Piper renders a whole piece before any of it
+# A long sentence is spoken in pieces cut after a comma, colon or sentence end: Piper renders a whole piece before any of it
 # can play, so a short first piece is what makes the first audio early. Pieces stay whole clauses, and a
 # weekday stays with its date. The first piece of a reply may be shorter: that is where the caller waits.
 MIN_PIECE_WORDS = 4
 MIN_FIRST_PIECE_WORDS = 2
 SPLIT_ABOVE_WORDS = 8
-_CLAUSE_END = re.compile(r"(?<=,)\s+")
+_CLAUSE_END = re.compile(r"(?<=[,;:.!?])\s+")
 _WEEKDAY_COMMA = re.compile(r"(?:Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day,$")
 
 

@@ -186,14 +186,13 @@ def print_tables(levels: list[dict[str, Any]], rtf: dict[str, float]) -> None:
             ", ".join(target_verdicts(level)) or "—",
         )
     console.print(table)
-    keys = sorted({key for level in levels for key in level["server_stages_ms"]})
-    if keys:
-        stages = Table(title="Server stages (mean ms per turn, from /api/calls records)")
+    if any(level["server_stages_ms"] for level in levels):
+        stages = Table(title="Where the time goes (server, mean per turn, from the end of caller speech)")
         stages.add_column("stage")
         for level in levels:
             stages.add_column(f"{level['concurrency']} call(s)", justify="right")
-        for key in keys:
-            stages.add_row(key, *(_ms(level["server_stages_ms"].get(key)) for level in levels))
+        for key, label, fmt in STAGE_ROWS:
+            stages.add_row(label, *(fmt(level["server_stages_ms"].get(key)) for level in levels))
         console.print(stages)
     else:
         console.print("[yellow]no per-stage latencies: the server's /api/calls records were not found")
@@ -202,6 +201,23 @@ def print_tables(levels: list[dict[str, Any]], rtf: dict[str, float]) -> None:
 
 def _ms(value: float | None) -> str:
     return "—" if value is None else f"{value:.0f}"
+
+
+def _share(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.0f}%"
+
+
+# (record key, label, format), in pipeline order; times count from the caller's last speech frame
+STAGE_ROWS = (
+    ("speech_ms", "caller speech (ms)", _ms),
+    ("asr_early", "ASR done on the first pause (share of turns)", _share),
+    ("endpoint_ms", "endpoint: silence until the turn ends (ms)", _ms),
+    ("asr_wait_ms", "ASR still running after the endpoint (ms)", _ms),
+    ("decide_ms", "dialogue decision + tools (ms)", _ms),
+    ("first_chunk_ms", "reply text ready, after ASR (ms)", _ms),
+    ("tts_first_ms", "first TTS audio ready (ms)", _ms),
+    ("first_audio_sent_ms", "first audio frame sent = server v2v (ms)", _ms),
+)
 
 
 # ---------------------------------------------------------------- main

@@ -245,3 +245,44 @@ def test_a_database_outage_costs_an_apology_not_the_call(sqlite_db, tmp_path):
     with sqlite_db.session() as s:
         texts = [t.text for t in s.scalars(select(Turn).where(Turn.call_id == convo.call_id).order_by(Turn.index))]
     assert len(texts) == 4 and "trouble" in texts[1] and texts[0] == texts[2]
+
+
+def test_a_reply_cut_before_the_caller_heard_it_is_said_again(runtime, db):
+    """The booking confirmation is cut by "that's right"; the caller still gets the code, and the log says so."""
+
+    async def run():
+        convo = runtime.new_conversation()
+        await convo.start()
+        for line in BOOKING_SCRIPT[:-1]:
+            await convo.reply(line)
+        confirmation = " ".join([chunk async for chunk in convo.respond(BOOKING_SCRIPT[-1], defer_log=True)])
+        first_words = " ".join(confirmation.split()[:2])
+        await convo.finish_reply(first_words, interrupted=True)
+        resumed = await convo.reply("That's right.")
+        after = await convo.reply("Sorry?")  # nothing was cut this time: the normal reply
+        return confirmation, resumed, after, convo
+
+    confirmation, resumed, after, convo = asyncio.run(run())
+    booking = runtime.tools.list_bookings()[0]
+    assert booking.code in confirmation
+    assert booking.code in resumed and resumed.startswith("Sorry, as I was saying")
+    assert booking.code not in after
+    with db.session() as s:
+        agent_turns = s.scalars(select(Turn).where(Turn.role == "agent").order_by(Turn.id)).all()
+    cut, resumed_turn = agent_turns[-3], agent_turns[-2]
+    assert cut.text == " ".join(confirmation.split()[:2])
+    assert booking.code in resumed_turn.text
+
+
+def test_a_new_request_after_a_barge_in_is_answered_not_drowned_by_the_old_reply(runtime):
+    async def run():
+        convo = runtime.new_conversation()
+        await convo.start()
+        await convo.reply("Hi, I'd like to book a room.")
+        reply = " ".join([chunk async for chunk in convo.respond("December 7 for four nights", defer_log=True)])
+        await convo.finish_reply("", interrupted=True)
+        return reply, await convo.reply("Actually, what time is check-out?")
+
+    cut, answer = asyncio.run(run())
+    assert "as I was saying" not in answer
+    assert "check-out" in answer.lower() or "checkout" in answer.lower()
