@@ -100,14 +100,29 @@ class DialogueManager:
         self.nights_wanted: int | None = None  # "three nights" said before any arrival date
         self.booked: BookingView | None = None
         self._tool_calls: list[dict[str, Any]] = []
+        self._draft_changed = False  # this turn added or changed a booking detail
+        self._last_reply = ""
+        self._repeats = 0  # how many times in a row the same reply was planned
 
     # ------------------------------------------------------------------ entry point
     def handle(self, text: str) -> ReplyPlan:
         """Decide the reply to one caller turn (already cleaned and card-masked by the caller)."""
         self._tool_calls = []
-        plan = self._route(text)
+        self._draft_changed = False
+        plan = self._vary_repeat(self._route(text))
         plan.tool_calls = self._tool_calls
         return plan
+
+    def _vary_repeat(self, plan: ReplyPlan) -> ReplyPlan:
+        """The same reply twice in a row sounds like a broken machine: say why the question comes again."""
+        repeated = plan.text == self._last_reply
+        self._repeats = self._repeats + 1 if repeated else 0
+        self._last_reply = plan.text
+        if not repeated or plan.end_call:
+            return plan
+        lead = "Got it." if self._draft_changed else "Sorry, I didn't catch that."
+        tail = ["You can also say 'front desk' to speak with a colleague."] if self._repeats >= 2 else []
+        return replace(plan, sentences=[lead, *plan.sentences, *tail])
 
     def _route(self, text: str) -> ReplyPlan:
         if self.stage is Stage.ENDED:
@@ -193,6 +208,7 @@ class DialogueManager:
             self.draft.email = email
         if self.draft != before:
             self.quote = None
+            self._draft_changed = True
         return self.draft != before
 
     def _apply_dates(self, text: str) -> None:

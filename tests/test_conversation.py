@@ -260,9 +260,9 @@ def test_a_reply_cut_before_the_caller_heard_it_is_said_again(runtime, db):
         await convo.finish_reply(first_words, interrupted=True)
         resumed = await convo.reply("That's right.")
         after = await convo.reply("Sorry?")  # nothing was cut this time: the normal reply
-        return confirmation, resumed, after, convo
+        return confirmation, resumed, after
 
-    confirmation, resumed, after, convo = asyncio.run(run())
+    confirmation, resumed, after = asyncio.run(run())
     booking = runtime.tools.list_bookings()[0]
     assert booking.code in confirmation
     assert booking.code in resumed and resumed.startswith("Sorry, as I was saying")
@@ -283,6 +283,14 @@ def test_a_new_request_after_a_barge_in_is_answered_not_drowned_by_the_old_reply
         await convo.finish_reply("", interrupted=True)
         return reply, await convo.reply("Actually, what time is check-out?")
 
-    cut, answer = asyncio.run(run())
+    _, answer = asyncio.run(run())
     assert "as I was saying" not in answer
     assert "check-out" in answer.lower() or "checkout" in answer.lower()
+
+
+def test_a_question_asked_again_says_why(runtime):
+    replies, _ = talk(runtime, ["I need a room for next Friday.", "The standard queen.", "hmm", "what"])
+    ask = replies[0]
+    assert replies[1].startswith("Got it.") and ask in replies[1]  # a detail was taken, the question stands
+    assert replies[2].startswith("Sorry, I didn't catch that.") and ask in replies[2]
+    assert "front desk" in replies[3]  # third time: offer a person

@@ -117,7 +117,16 @@ def _find_nights(norm: str) -> int | None:
     m = re.search(r"\ba fortnight\b|\ba (?:single )?night\b", norm)
     if m and _previous_word(norm, m.start()) not in _PRICE_WORDS:
         return 14 if "fortnight" in m[0] else 1
+    m = _ONE_NAMED_NIGHT.search(norm)
+    if m and _previous_word(norm, m.start()) not in {"and", "through", "to", "till", "until"}:
+        return 1  # "for tomorrow night", "just tonight": one night, the day named is the arrival
     return None
+
+
+_ONE_NAMED_NIGHT = re.compile(
+    r"\b(?:for|just|only)(?: the)? (?:tonight|night\b(?! of \w+ (?:to|through|until))|"
+    r"(?:tomorrow|today|(?:mon|tues|wednes|thurs|fri|satur|sun)day) night(?!s| and| through| to| until))"
+)
 
 
 def _previous_word(norm: str, pos: int) -> str:
