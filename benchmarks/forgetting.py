@@ -99,7 +99,7 @@ def main() -> None:
             base=evaluate.Baseline(result=base_result, model=base.model),
             model_id=label,
         )
-        row.update(_retention(result, base_result))
+        row.update(evaluate.retention_summary(result, base_result))
         row["domain_gain"] = start_loss - row["domain_loss"]
         rows.append(row)
         _save(rows, start_loss, base.version, args, guarded_vs_raw)
@@ -184,7 +184,7 @@ def _guarded_vs_raw(
         base=evaluate.Baseline(result=raw_result, model=raw.model),
         model_id="guarded",
     )
-    return _retention(guarded, raw_result)
+    return evaluate.retention_summary(guarded, raw_result)
 
 
 def _run(settings, label, method, cfg, options, base_dir, train, dev, protected, args) -> dict[str, Any]:
@@ -216,30 +216,6 @@ def _run(settings, label, method, cfg, options, base_dir, train, dev, protected,
         "kept_fraction": outcome.metrics["mean_kept_fraction"],
         "wall_seconds": round(time.perf_counter() - started, 1),
         "artifact": str(outcome.artifact),
-    }
-
-
-def _retention(result: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
-    measures, base_measures = result["measures"], base["measures"]
-    mc = {
-        task: (node["acc_norm"]["chance_corrected"], base_measures["mc"][task]["acc_norm"]["chance_corrected"])
-        for task, node in measures["mc"].items()
-    }
-    safety = measures["safety"]
-    harmful = next(v for k, v in safety.items() if k.startswith("harmful"))
-    base_harmful = next(v for k, v in base_measures["safety"].items() if k.startswith("harmful"))
-    safe = next(v for k, v in safety.items() if k.startswith("safe"))
-    base_safe = next(v for k, v in base_measures["safety"].items() if k.startswith("safe"))
-    return {
-        "general_nll_delta_pct": measures["general_nll"]["vs_base"]["delta_pct"],
-        "chat_kl": measures["chat_kl"]["kl"],
-        "mc_chance_corrected": {t: v for t, (v, _) in mc.items()},
-        "mc_retained": sum(v for v, _ in mc.values()) / max(sum(b for _, b in mc.values()), 1e-9),
-        "refusal": harmful["refusal"]["value"],
-        "refusal_base": base_harmful["refusal"]["value"],
-        "over_refusal": safe["refusal"]["value"],
-        "over_refusal_base": base_safe["refusal"]["value"],
-        "policy_passed": safety["policy"]["passed"]["value"],
     }
 
 

@@ -109,6 +109,7 @@ SIZES: dict[str, dict[str, Any]] = {
         safety_reply_tokens=8,
         resamples=200,
     ),
+    "small": dict(domain_n=24, text_windows=16, chat_n=12, mc_n=40, harmful_n=24, safe_n=16, resamples=500),
     "medium": {},
     "large": dict(domain_n=None, text_windows=256, chat_n=128, mc_n=None, harmful_n=None, safe_n=None),
 }
@@ -940,6 +941,39 @@ def _unpaired_delta(row: _Row, value: float, base: float | None) -> float | None
 
 def _ci_text(ci: Sequence[float] | None, fmt: Callable[[float], str]) -> str:
     return f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci else ""
+
+
+def retention_summary(result: Result, base_result: Result) -> dict[str, Any]:
+    """The headline numbers of a run against its base: what the benchmark plots and the nightly gate checks.
+
+    Measures the suite did not run are absent from the summary, not zero.
+    """
+    measures, base_measures = result["measures"], base_result["measures"]
+    summary: dict[str, Any] = {}
+    if "domain" in measures:
+        summary["domain_nll"] = measures["domain"]["nll"]
+        summary["domain_nll_base"] = base_measures.get("domain", {}).get("nll")
+    if "general_nll" in measures:
+        summary["general_nll_delta_pct"] = measures["general_nll"]["vs_base"]["delta_pct"]
+    if "kl" in measures.get("chat_kl", {}):
+        summary["chat_kl"] = measures["chat_kl"]["kl"]
+    if measures.get("mc"):
+        pairs = {
+            task: (node["acc_norm"]["chance_corrected"], base_measures["mc"][task]["acc_norm"]["chance_corrected"])
+            for task, node in measures["mc"].items()
+        }
+        summary["mc_chance_corrected"] = {task: value for task, (value, _) in pairs.items()}
+        summary["mc_retained"] = sum(v for v, _ in pairs.values()) / max(sum(b for _, b in pairs.values()), 1e-9)
+    safety, base_safety = measures.get("safety", {}), base_measures.get("safety", {})
+    for prefix, key in (("harmful", "refusal"), ("safe", "over_refusal")):
+        name = next((k for k in safety if k.startswith(prefix)), None)
+        if name is not None:
+            summary[key] = safety[name]["refusal"]["value"]
+            summary[f"{key}_base"] = base_safety[name]["refusal"]["value"]
+    if "policy" in safety:
+        summary["policy_passed"] = safety["policy"]["passed"]["value"]
+        summary["policy_passed_base"] = base_safety["policy"]["passed"]["value"]
+    return summary
 
 
 def render_table(result: Result, base_result: Result | None = None) -> str:

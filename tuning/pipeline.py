@@ -61,6 +61,20 @@ class TuneOutcome:
     metrics: dict[str, Any]
 
 
+def tune_config(settings: Settings, **overrides: object) -> ProjectedConfig:
+    """The training configuration from settings; `overrides` that are not None win (command-line options)."""
+    values: dict[str, object] = {
+        "eps": settings.tune_eps,
+        "row_budget": settings.tune_row_budget,
+        "lr": settings.tune_lr,
+        "steps": settings.tune_steps,
+        "batch_size": settings.tune_batch_size,
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    values.setdefault("eval_every", max(int(values["steps"]) // 4, 1))  # type: ignore[call-overload]
+    return ProjectedConfig(**values)
+
+
 # ---------------------------------------------------------------------- where things live
 def tuning_root(settings: Settings) -> Path:
     return settings.home / "tuning"
