@@ -6,6 +6,8 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import date, datetime
 from pathlib import Path
@@ -21,7 +23,9 @@ from innkeeper.settings import Settings, get_settings
 app = typer.Typer(help="Innkeeper: a self-hosted voice agent for hotels.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema and seed data.", no_args_is_help=True)
 bookings_app = typer.Typer(help="Bookings in the hotel database.", no_args_is_help=True)
-models_app = typer.Typer(help="Bundled models: provision and verify (default), list.")
+models_app = typer.Typer(
+    help="Bundled models: provision and verify (the default). Tuned versions: list, show, promote, rollback."
+)
 tune_app = typer.Typer(help="Forgetting-resistant tuning: align, run, eval.", no_args_is_help=True)
 data_app = typer.Typer(help="Training data: import the shared hotel dialogues.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -54,6 +58,129 @@ def models(ctx: typer.Context, force: Annotated[bool, typer.Option(help="Rebuild
     console.print(table)
     if not all(s.ok for s in statuses):
         raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------------- model registry
+def _registry():
+    from innkeeper.db.database import Database
+    from innkeeper.registry import ModelRegistry
+
+    settings = _settings()
+    db = Database.from_settings(settings)
+    db.migrate()
+    return ModelRegistry.from_settings(settings, db)
+
+
+@contextmanager
+def _registry_errors() -> Iterator[None]:
+    """A registry or database error as one red line and exit code 1, not a traceback."""
+    from innkeeper.db.database import DatabaseUnavailable
+    from innkeeper.registry import RegistryError
+
+    try:
+        yield
+    except (RegistryError, DatabaseUnavailable) as exc:
+        err_console.print(f"[red]{escape(str(exc))}")
+        raise typer.Exit(1) from None
+
+
+def _when(moment: datetime | None, *, utc_suffix: bool = True) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M" + (" UTC" if utc_suffix else "")) if moment else "—"
+
+
+def _key_metrics(metrics: dict, limit: int = 3) -> str:
+    """The numbers worth a glance: gains first, then domain measures, then the rest."""
+    numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    ranked = sorted(numeric, key=lambda k: (("gain" not in k), ("domain" not in k), k))
+    return "\n".join(f"{k}={numeric[k]:.4g}" for k in ranked[:limit]) or "—"
+
+
+@models_app.command("list")
+def models_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    limit: Annotated[int | None, typer.Option(help="Show only the newest N versions.")] = None,
+) -> None:
+    """Tuned model versions in the registry, newest first; ▶ marks the one serving."""
+    with _registry_errors():
+        registry = _registry()
+        versions = registry.list(limit=limit)
+        serving = registry.serving()
+    serving_id = serving.id if serving else None
+    if as_json:
+        print(json.dumps([{**v.as_dict(), "serving": v.id == serving_id} for v in versions], indent=2))
+        return
+    table = Table("", "id", "status", "created", "promoted", "key metrics", "calls", "gate", caption="times in UTC")
+    for column in table.columns[:3]:
+        column.no_wrap = True
+    for v in versions:
+        table.add_row(
+            "▶" if v.id == serving_id else "",
+            v.id,
+            v.status.value,
+            _when(v.created_at, utc_suffix=False),
+            _when(v.promoted_at, utc_suffix=False),
+            _key_metrics(v.metrics),
+            str(len(v.lineage.get("call_ids") or [])),
+            str(v.gate.get("decision", "—")),
+        )
+    console.print(table)
+    console.print(f"serving: {serving_id or 'the base model'}")
+
+
+@models_app.command("show")
+def models_show(
+    version_id: Annotated[str, typer.Argument(help="A version id, or its number (v7).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Everything about one version: status, artifact, metrics, lineage, gate and its events."""
+    with _registry_errors():
+        registry = _registry()
+        version = registry.get(version_id)
+        events = registry.events(version.id)
+        serving = registry.serving()
+    is_serving = serving is not None and serving.id == version.id
+    if as_json:
+        history = [{**event, "at": event["at"].isoformat()} for event in events]
+        print(json.dumps({**version.as_dict(), "serving": is_serving, "events": history}, indent=2))
+        return
+    fields = Table(show_header=False, title=f"{version.id}{' (serving)' if is_serving else ''}")
+    for name, value in version.as_dict().items():
+        if name == "lineage":
+            value = _lineage_summary(version.lineage)
+        elif isinstance(value, dict):
+            value = json.dumps(value, indent=1) if value else "—"
+        fields.add_row(name, escape("—" if value is None else str(value)))
+    console.print(fields)
+    history = Table("at", "action", "actor", "detail", title="events")
+    for event in events:
+        history.add_row(_when(event["at"]), event["action"], event["actor"], escape(event["detail"]))
+    console.print(history)
+
+
+def _lineage_summary(lineage: dict) -> str:
+    calls = lineage.get("call_ids") or []
+    shown = ", ".join(calls[:5]) + (", …" if len(calls) > 5 else "")
+    rest = {k: v for k, v in lineage.items() if k != "call_ids"}
+    return f"{len(calls)} calls ({shown})" + (f"\n{json.dumps(rest, indent=1)}" if rest else "")
+
+
+@models_app.command("promote")
+def models_promote(
+    version_id: Annotated[str, typer.Argument(help="A version id, or its number (v7).")],
+    reason: Annotated[str, typer.Option(help="Why, for the version's event history.")] = "",
+) -> None:
+    """Make a version the serving one (overrides a gate rejection; a failed version cannot be promoted)."""
+    with _registry_errors():
+        version = _registry().promote(version_id, actor="cli", reason=reason)
+    console.print(f"{version.id} promoted: it is the serving version now")
+
+
+@models_app.command("rollback")
+def models_rollback(reason: Annotated[str, typer.Option(help="Why, for the version's event history.")] = "") -> None:
+    """Roll back the serving version: the previously promoted one serves again (or the base model)."""
+    with _registry_errors():
+        now_serving = _registry().rollback(actor="cli", reason=reason)
+    console.print(f"rolled back; serving now: {now_serving.id if now_serving else 'the base model'}")
 
 
 # ---------------------------------------------------------------------- database
@@ -112,18 +239,9 @@ def data_import(
 
 # ---------------------------------------------------------------------- tuning
 def _tune_config(settings: Settings, **overrides: object):
-    from tuning.projected import ProjectedConfig
+    from tuning.pipeline import tune_config
 
-    values = {
-        "eps": settings.tune_eps,
-        "row_budget": settings.tune_row_budget,
-        "lr": settings.tune_lr,
-        "steps": settings.tune_steps,
-        "batch_size": settings.tune_batch_size,
-        "eval_every": max(settings.tune_steps // 4, 1),
-    }
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return ProjectedConfig(**values)
+    return tune_config(settings, **overrides)
 
 
 @tune_app.command("align")
@@ -161,6 +279,40 @@ def tune_run(
     cfg = _tune_config(settings, steps=steps, eps=eps, lr=lr, row_budget=row_budget)
     outcome = run_domain_tuning(settings, method=method or settings.tune_method, cfg=cfg, db=db)
     console.print_json(json.dumps(outcome_summary(outcome), default=str))
+
+
+@tune_app.command("nightly")
+def tune_nightly(
+    force: Annotated[bool, typer.Option(help="Train even when no new calls came in since the last run.")] = False,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps (default: nightly_steps or tune_steps).")] = None,
+) -> None:
+    """Learn from the logged calls: curate, train, evaluate, gate, register, promote (resumes a killed run)."""
+    from tuning.nightly import run_nightly
+
+    settings = _settings()
+    try:
+        report = run_nightly(settings, force=force, console=console, overrides={"steps": steps} if steps else None)
+    except Exception as err:  # the top of a cron job: say what failed; the next run resumes from that step
+        logging.getLogger("innkeeper.nightly").exception("nightly run failed")
+        console.print(f"[red]nightly run failed: {type(err).__name__}: {err}[/] (the next run resumes from this step)")
+        raise typer.Exit(1) from err
+    if report.gate:
+        checks = Table("check", "value", "limit", "passed", title=f"gate for {report.version_id}")
+        for name, check in report.gate["checks"].items():
+            value, limit = check["value"], check["limit"]
+            checks.add_row(name, _fmt(value), _fmt(limit), "[green]yes" if check["passed"] else "[red]no")
+        console.print(checks)
+    steps_table = Table("step", "seconds", title=f"nightly {report.run_id}: {report.status}")
+    for step, seconds in report.seconds.items():
+        steps_table.add_row(step, f"{seconds:.1f}")
+    steps_table.add_row("peak memory", f"{report.peak_rss_mb:.0f} MB")
+    console.print(steps_table)
+    if report.status == "failed":
+        raise typer.Exit(1)
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 @tune_app.command("eval")

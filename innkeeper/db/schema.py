@@ -209,3 +209,48 @@ class Turn(Base):
         UniqueConstraint("call_id", "index"),
         CheckConstraint(_one_of("role", TURN_ROLES), name="role_known"),
     )
+
+
+# ---------------------------------------------------------------- model registry (innkeeper/registry.py)
+
+MODEL_STATUSES = ("candidate", "promoted", "rejected", "rolled_back", "failed")
+
+
+class ModelVersionRecord(Base):
+    """A tuned model version: its artifact, where it came from, how it scored and whether it serves.
+
+    Several rows may be `promoted`; the one with the latest `promoted_at` serves, the others are what a
+    rollback falls back to.
+    """
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    promoted_at: Mapped[datetime | None]
+    base_id: Mapped[str] = mapped_column(String(200))
+    base_sha256: Mapped[str] = mapped_column(String(64))
+    artifact_uri: Mapped[str] = mapped_column(Text)
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    lineage: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    gate: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The nightly run's idempotency key: a resumed run finds its version instead of registering another.
+    run_id: Mapped[str | None] = mapped_column(String(128), unique=True)
+    note: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (CheckConstraint(_one_of("status", MODEL_STATUSES), name="status_known"),)
+
+
+class ModelEventRecord(Base):
+    """Something that happened to a model version (registered, promoted, load_failed, …), by whom."""
+
+    __tablename__ = "model_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    action: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text, default="")

@@ -1,0 +1,407 @@
+"""`innkeeper tune nightly`: learn from the logged calls, safely, and tell the serving process.
+
+    curate   select finished, eligible calls; redact personal data; filter poisoned turns  (tuning/curate.py)
+    train    from the guarded base, on all eligible calls but a held-out share (projected method)
+    evaluate the candidate, the base and the serving model on one suite              (tuning/evaluate.py)
+    gate     domain gain vs the serving model, retention and safety budgets vs the base,
+             memorization canaries                                        (tuning/gate.py, tuning/canaries.py)
+    register the version with its metrics and lineage (the call ids it learned from)  (innkeeper/registry.py)
+    promote  if it passed: the registry says so, and `innkeeper serve` swaps to it between turns
+
+Each run lives in its own directory under `home/tuning/nightly/` with a `state.json` written after every
+step, so a run that was killed resumes where it stopped, on the same data; the registry keys versions
+by run id, so no run registers twice. Retraining always starts from the guarded base (never stacking
+deltas), so removing a call from the data and running again rebuilds a model without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from innkeeper.db.database import Database
+from innkeeper.registry import ModelRegistry, VersionStatus
+from innkeeper.settings import Settings
+from tuning.pipeline import CorpusSize
+
+log = logging.getLogger(__name__)
+
+STEPS = ("curate", "train", "evaluate", "gate", "register", "promote")
+MIN_HELDOUT_SEQUENCES = 4  # fewer held-out call sequences than this: the shared dev dialogues join the measure
+
+
+@dataclass
+class NightlyReport:
+    """What a run did; printed by the command and stored as the run's `report.json`."""
+
+    run_id: str
+    status: str = "running"  # running | skipped | rejected | promoted | registered | failed
+    version_id: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    retention: dict[str, Any] = field(default_factory=dict)
+    gate: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: float = 0.0
+    note: str = ""
+    resumed_from: str | None = None
+
+
+class NightlyRun:
+    """One run's directory and its persisted state (which steps are done, and what they produced)."""
+
+    def __init__(self, directory: Path, state: dict[str, Any]):
+        self.dir = directory
+        self.state = state
+
+    @property
+    def id(self) -> str:
+        return self.dir.name
+
+    def done(self, step: str) -> bool:
+        return step in self.state.get("done", {})
+
+    def output(self, step: str) -> dict[str, Any]:
+        return self.state["done"][step]
+
+    def finish_step(self, step: str, output: dict[str, Any]) -> None:
+        self.state.setdefault("done", {})[step] = output
+        self.save()
+
+    def save(self) -> None:
+        _write_json(self.dir / "state.json", self.state)
+
+
+def nightly_root(settings: Settings) -> Path:
+    return settings.home / "tuning" / "nightly"
+
+
+def open_run(settings: Settings, *, now: datetime | None = None) -> tuple[NightlyRun, bool]:
+    """The newest unfinished run (resumed) or a new one; returns (run, resumed)."""
+    root = nightly_root(settings)
+    root.mkdir(parents=True, exist_ok=True)
+    for directory in sorted((p for p in root.iterdir() if p.is_dir()), reverse=True):
+        state = _read_json(directory / "state.json")
+        if state is not None and state.get("status") == "running":
+            return NightlyRun(directory, state), True
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S")
+    directory = root / f"run-{stamp}"
+    directory.mkdir()
+    run = NightlyRun(directory, {"status": "running", "started_at": _iso(now), "done": {}})
+    run.save()
+    return run, False
+
+
+def run_nightly(
+    settings: Settings,
+    *,
+    db: Database | None = None,
+    registry: ModelRegistry | None = None,
+    force: bool = False,
+    console: Console | None = None,
+    stop_after: str | None = None,
+    size: CorpusSize | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> NightlyReport:
+    """Run (or resume) the nightly job.
+
+    `stop_after` ends the run after that step (resume tests); `size` and `overrides` (training
+    configuration fields) shrink the run for tests and benchmarks.
+    """
+    console = console or Console()
+    db = db or Database.from_settings(settings)
+    db.migrate()
+    registry = registry or ModelRegistry.from_settings(settings, db)
+    run, resumed = open_run(settings)
+    report = NightlyReport(run_id=run.id, resumed_from=run.id if resumed else None)
+    if resumed:
+        console.print(f"[yellow]resuming {run.id} after: {', '.join(run.state['done']) or 'nothing'}")
+    steps: dict[str, Callable[[], dict[str, Any] | None]] = {
+        "curate": lambda: _curate(settings, db, run, force, report),
+        "train": lambda: _train(settings, run, size or CorpusSize(), overrides or {}),
+        "evaluate": lambda: _evaluate(settings, registry, run),
+        "gate": lambda: _gate(settings, run),
+        "register": lambda: _register(registry, run),
+        "promote": lambda: _promote(settings, registry, run),
+    }
+    try:
+        for index, step in enumerate(STEPS, 1):
+            if not run.done(step):
+                console.print(f"[bold][{index}/{len(STEPS)}] {step}[/]")
+                started = time.perf_counter()
+                output = steps[step]()
+                if output is None:  # nothing to learn: the run ends here, successfully
+                    return _end(run, report, "skipped", console)
+                output["seconds"] = round(time.perf_counter() - started, 1)
+                run.finish_step(step, output)
+            _absorb(report, step, run.output(step))
+            console.print(f"    {_describe(step, run.output(step))}")
+            if step == stop_after:
+                return report
+    except Exception as err:
+        report.note = f"{type(err).__name__}: {err}"
+        run.state["error"] = report.note
+        run.save()  # still "running": the next invocation resumes from the failed step
+        report.status = "failed"
+        raise
+    return _end(run, report, run.output("promote")["status"], console)
+
+
+# ---------------------------------------------------------------------- the steps
+def _curate(settings: Settings, db: Database, run: NightlyRun, force: bool, report: NightlyReport) -> dict | None:
+    from tuning.canaries import assert_canaries_absent
+    from tuning.curate import curate
+
+    curation = curate(db, settings, since=None, flagged_turns=_flagged_turns(db))
+    assert_canaries_absent(curation.dialogues, settings.nightly_canaries)
+    held_out = {d.id for d in curation.dialogues if _held_out(d.id, settings.nightly_heldout_fraction)}
+    last = _read_json(nightly_root(settings) / "last_success.json") or {}
+    new_calls = sorted(set(curation.call_ids) - set(last.get("call_ids", [])))
+    counts = {**curation.counts, "eligible": len(curation.dialogues), "new_since_last_run": len(new_calls)}
+    report.counts = counts
+    if len(curation.dialogues) < settings.nightly_min_calls or (not new_calls and not force):
+        why = "no eligible calls" if not curation.dialogues else "no new eligible calls since the last run"
+        report.note = f"nothing to learn: {why} ({counts})"
+        return None
+    _write_json(run.dir / "dataset.json", [asdict(d) for d in curation.dialogues])
+    return {"counts": counts, "held_out": sorted(held_out), "call_ids": sorted(curation.call_ids)}
+
+
+def _train(settings: Settings, run: NightlyRun, size: CorpusSize, overrides: dict[str, Any]) -> dict[str, Any]:
+    from tuning.artifacts import verify_artifact
+    from tuning.pipeline import start_model_dir, tune, tune_config
+
+    artifact = run.dir / "artifact"
+    if artifact.exists() and not verify_artifact(artifact):
+        return {"artifact": str(artifact), "metrics": json.loads((artifact / "manifest.json").read_text())["metrics"]}
+    train, heldout, _ = _examples(settings, run)
+    base_dir = start_model_dir(settings)
+    cfg = tune_config(settings, **{"steps": settings.nightly_steps, **overrides})
+    lineage = {
+        "call_ids": sorted({e.dialogue_id for e in train}),
+        "heldout_call_ids": run.output("curate")["held_out"],
+        "nightly_run": run.id,
+        "curation_counts": run.output("curate")["counts"],
+    }
+    outcome = tune(
+        settings,
+        method=settings.tune_method,
+        cfg=cfg,
+        base_dir=base_dir,
+        train_examples=train,
+        eval_examples=heldout,
+        out_dir=run.dir,
+        lineage=lineage,
+        size=size,
+    )
+    return {"artifact": str(outcome.artifact), "metrics": outcome.metrics, "base_dir": str(base_dir)}
+
+
+def _evaluate(settings: Settings, registry: ModelRegistry, run: NightlyRun) -> dict[str, Any]:
+    """The candidate against the guarded base on the gate's suite, and the serving model's domain NLL."""
+    from dataclasses import replace
+
+    from agent.llm import ChatModel
+    from tuning import evaluate
+    from tuning.pipeline import load_for_eval, start_model_dir
+
+    _, heldout, domain_source = _examples(settings, run)
+    candidate, _ = load_for_eval(Path(run.output("train")["artifact"]))
+    base = ChatModel(start_model_dir(settings), threads=settings.llm_threads)
+    suite = replace(
+        evaluate.default_suite(settings, base.tokenizer, settings.nightly_eval_size), domain_examples=heldout
+    )
+    base_result = evaluate.run_suite(base.model, base.tokenizer, suite=suite, model_id=base.version)
+    result = evaluate.run_suite(
+        candidate.model,
+        candidate.tokenizer,
+        suite=suite,
+        base=evaluate.Baseline(result=base_result, model=base.model),
+        model_id=candidate.version,
+    )
+    evaluate.save_result(result, run.dir / "eval-candidate.json")
+    evaluate.save_result(base_result, run.dir / "eval-base.json")
+    retention = evaluate.retention_summary(result, base_result)
+    serving = registry.serving()
+    serving_nll = retention.get("domain_nll_base")
+    if serving is not None:
+        serving_model, _ = load_for_eval(registry.local_artifact(serving))
+        domain_only = evaluate.EvalSuite(
+            name="domain", domain_examples=heldout, policy_probes=(), domain_n=suite.domain_n
+        )
+        served = evaluate.run_suite(serving_model.model, serving_model.tokenizer, suite=domain_only, progress=False)
+        serving_nll = served["measures"]["domain"]["nll"]
+    return {
+        "retention": retention,
+        "serving_version": serving.id if serving else None,
+        "serving_domain_nll": serving_nll,
+        "domain_source": domain_source,
+        "table": evaluate.render_table(result, base_result),
+    }
+
+
+def _gate(settings: Settings, run: NightlyRun) -> dict[str, Any]:
+    from tuning.canaries import check_canaries
+    from tuning.gate import GateBudgets, decide
+    from tuning.pipeline import load_for_eval
+
+    candidate, _ = load_for_eval(Path(run.output("train")["artifact"]))
+    canaries = check_canaries(candidate, settings.nightly_canaries)
+    evaluation = run.output("evaluate")
+    decision = decide(
+        evaluation["retention"],
+        serving_domain_nll=evaluation["serving_domain_nll"],
+        canary_hits=list(canaries.descriptions),
+        budgets=GateBudgets.from_settings(settings),
+    )
+    return {"gate": decision.as_dict()}
+
+
+def _register(registry: ModelRegistry, run: NightlyRun) -> dict[str, Any]:
+    gate = run.output("gate")["gate"]
+    train, evaluation = run.output("train"), run.output("evaluate")
+    artifact = Path(train["artifact"])
+    lineage = json.loads((artifact / "manifest.json").read_text()).get("lineage", {})
+    version = registry.register(
+        artifact,
+        status=VersionStatus.CANDIDATE,
+        metrics={**train["metrics"], **evaluation["retention"], "serving_domain_nll": evaluation["serving_domain_nll"]},
+        lineage=lineage,
+        gate=gate,
+        run_id=run.id,
+        note=f"nightly run {run.id}",
+    )
+    return {"version_id": version.id}
+
+
+def _promote(settings: Settings, registry: ModelRegistry, run: NightlyRun) -> dict[str, Any]:
+    version_id = run.output("register")["version_id"]
+    gate = run.output("gate")["gate"]
+    if not gate["promote"]:
+        registry.reject(version_id, gate["reasons"])
+        return {"status": "rejected"}
+    if not settings.nightly_promote:
+        return {"status": "registered"}
+    if registry.get(version_id).status is not VersionStatus.PROMOTED:
+        registry.promote(version_id, actor="nightly", reason=f"passed the gate in run {run.id}")
+    return {"status": "promoted"}
+
+
+# ---------------------------------------------------------------------- helpers
+def _examples(settings: Settings, run: NightlyRun) -> tuple[list, list, str]:
+    """(train, held-out) examples from the run's frozen dataset, tokenized for the base model."""
+    from transformers import AutoTokenizer
+
+    from tuning.data import Dialogue, build_examples, load_shared_dialogues, split_dialogues
+    from tuning.pipeline import start_model_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(start_model_dir(settings))
+    raw = json.loads((run.dir / "dataset.json").read_text())
+    dialogues = [Dialogue(d["id"], d["source"], tuple(tuple(turn) for turn in d["turns"])) for d in raw]
+    held = set(run.output("curate")["held_out"])
+    train = build_examples([d for d in dialogues if d.id not in held], tokenizer)
+    heldout = build_examples([d for d in dialogues if d.id in held], tokenizer)
+    if len(heldout) >= MIN_HELDOUT_SEQUENCES:
+        return train, heldout, f"{len(heldout)} held-out call sequences"
+    shared_dev = split_dialogues(load_shared_dialogues(settings.shared_data))["dev"]
+    extra = build_examples(shared_dev, tokenizer)
+    return train, heldout + extra, f"{len(heldout)} held-out call sequences + {len(extra)} shared dev dialogues"
+
+
+def _held_out(call_id: str, fraction: float) -> bool:
+    """A stable, seed-free assignment: a call stays on its side of the split in every later run."""
+    digest = hashlib.sha256(f"nightly-heldout:{call_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def _flagged_turns(db: Database) -> frozenset[int]:
+    """Agent turns an operator flagged as bad (`flagged` in the turn's latencies JSON, set by review tools)."""
+    from sqlalchemy import select
+
+    from innkeeper.db.schema import Turn
+
+    def work(session) -> frozenset[int]:
+        rows = session.execute(select(Turn.id, Turn.latencies).where(Turn.role == "agent"))
+        return frozenset(turn_id for turn_id, meta in rows if meta and meta.get("flagged"))
+
+    return db.transact(work, write=False)
+
+
+def _absorb(report: NightlyReport, step: str, output: dict[str, Any]) -> None:
+    report.seconds[step] = output.get("seconds", 0.0)
+    if step == "curate":
+        report.counts = output["counts"]
+    elif step == "evaluate":
+        report.retention = output["retention"]
+    elif step == "gate":
+        report.gate = output["gate"]
+    elif step == "register":
+        report.version_id = output["version_id"]
+
+
+def _describe(step: str, output: dict[str, Any]) -> str:
+    seconds = f"({output.get('seconds', 0):.0f} s)"
+    if step == "curate":
+        c = output["counts"]
+        held = len(output["held_out"])
+        return f"{c['eligible']} eligible calls ({c['new_since_last_run']} new), {held} held out; {c} {seconds}"
+    if step == "train":
+        m = output["metrics"]
+        return (
+            f"domain loss {m['domain_loss_before']:.3f} → {m['domain_loss_after']:.3f} in {m['steps']} steps {seconds}"
+        )
+    if step == "evaluate":
+        r = output["retention"]
+        served = f"serving {output['serving_domain_nll']:.3f}; {output['domain_source']}"
+        return f"domain NLL {r.get('domain_nll', float('nan')):.3f} ({served}) {seconds}"
+    if step == "gate":
+        gate = output["gate"]
+        return "passed" if gate["promote"] else "rejected: " + "; ".join(gate["reasons"])
+    if step == "register":
+        return f"version {output['version_id']}"
+    return output.get("status", "")
+
+
+def _end(run: NightlyRun, report: NightlyReport, status: str, console: Console) -> NightlyReport:
+    report.status = status
+    report.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    run.state.update(status=status, finished_at=_iso(None), note=report.note)
+    run.state.pop("error", None)
+    run.save()
+    _write_json(run.dir / "report.json", asdict(report))
+    if status != "skipped":
+        root = run.dir.parent
+        _write_json(
+            root / "last_success.json",
+            {"run": run.id, "finished_at": _iso(None), "call_ids": run.output("curate")["call_ids"]},
+        )
+    console.print(f"[bold]nightly {run.id}: {status}[/] {report.note}")
+    return report
+
+
+def _iso(moment: datetime | None) -> str:
+    return (moment or datetime.now(UTC)).isoformat()
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Atomic: a run killed mid-write leaves the previous state, never half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1, default=str))
+    os.replace(tmp, path)
