@@ -96,9 +96,10 @@ class CallTransport(Protocol):
     async def hang_up(self) -> None: ...
 
 
-# A long sentence is spoken in pieces cut after a comma, colon or sentence end: Piper renders a whole piece before any of it
-# can play, so a short first piece is what makes the first audio early. Pieces stay whole clauses, and a
-# weekday stays with its date. The first piece of a reply may be shorter: that is where the caller waits.
+# A long sentence is spoken in pieces cut after a comma, colon or sentence end: Piper renders a whole
+# piece before any of it can play, so a short first piece is what makes the first audio early. Pieces
+# stay whole clauses, and a weekday stays with its date. The first piece of a reply may be shorter:
+# that is where the caller waits.
 MIN_PIECE_WORDS = 4
 MIN_FIRST_PIECE_WORDS = 2
 SPLIT_ABOVE_WORDS = 8
