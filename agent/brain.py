@@ -48,7 +48,7 @@ _CARD_WARNING = (
 _SYSTEM_TROUBLE = "I'm sorry, I'm having trouble reaching our reservation system. Could you try that again in a moment?"
 # After a barge-in, a caller turn the dialogue cannot place ("that's right", "sorry?") gets the words of the
 # cut reply the caller never heard, so nothing they need (a confirmation code) is lost to the interruption.
-_RESUMABLE_ACTS = frozenset({"clarify"})
+_RESUMABLE_ACTS = frozenset({"clarify", "already_booked"})
 _RESUME_LEAD = "Sorry, as I was saying:"
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -73,6 +73,7 @@ class TurnOutcome:
     plan: ReplyPlan
     sources: list[str] = field(default_factory=list)
     latencies: dict[str, float] = field(default_factory=dict)
+    model_version: str = "template"  # of the model this turn started with (a swap mid-turn does not change it)
 
 
 class Conversation:
@@ -86,6 +87,7 @@ class Conversation:
         call_log: CallLog,
         llm: TextStreamer | None,
         today: Callable[[], date],
+        model_source: Callable[[], TextStreamer | None] | None = None,
         channel: str = "text",
         caller_number: str | None = None,
         max_new_tokens: int = 48,
@@ -94,7 +96,10 @@ class Conversation:
     ):
         self.hotel = hotel
         self.call_log = call_log
-        self.llm = llm
+        # `model_source` (the runtime's model slot) is asked once per turn, so a hot-swapped model takes
+        # over at the next turn; without one, `llm` serves the whole conversation.
+        self._llm = llm
+        self._model_source = model_source
         self.channel = channel
         self.caller_number = caller_number
         self.call_id: str | None = None  # set once the call record exists
@@ -117,8 +122,13 @@ class Conversation:
         self._closed = False
 
     @property
+    def llm(self) -> TextStreamer | None:
+        """The model a turn starting now would use."""
+        return self._model_source() if self._model_source is not None else self._llm
+
+    @property
     def model_version(self) -> str:
-        return self.llm.version if self.llm is not None else "template"
+        return _version_of(self.llm)
 
     @property
     def ended(self) -> bool:
@@ -158,17 +168,24 @@ class Conversation:
         turn (speech recognition timings and confidence).
         """
         started, t0 = _now(), time.perf_counter()
+        model = self.llm  # this turn's model, to its end, whatever a model swap does meanwhile
         masked, plan = await self._decide(user_text)
         plan = self._resume_if_unplaced(plan)
         decided_ms = _ms_since(t0)
         await self._save(_PendingTurn("caller", masked, started, _now(), latencies=heard))
-        record = TurnOutcome(caller_text=masked, reply_text="", plan=plan, latencies={"decide_ms": decided_ms})
+        record = TurnOutcome(
+            caller_text=masked,
+            reply_text="",
+            plan=plan,
+            latencies={"decide_ms": decided_ms},
+            model_version=_version_of(model),
+        )
         self.last_turn = record
         reply_started = _now()
         chunks: list[str] = []
         clock: dict[str, float] = {}
         try:
-            async for chunk in self.writer.stream(plan, masked, clock):
+            async for chunk in self.writer.stream(plan, masked, clock, llm=model):
                 if not chunks:
                     record.latencies["first_chunk_ms"] = _ms_since(t0)
                 chunks.append(chunk.text)
@@ -279,7 +296,7 @@ class Conversation:
                 record.reply_text,
                 started,
                 _now(),
-                model_version=self.model_version,
+                model_version=record.model_version,
                 tool_calls=[*plan.tool_calls, {"meta": meta}],
                 latencies=record.latencies,
             )
@@ -332,6 +349,10 @@ def unheard_sentences(generated: str, heard: str) -> list[str]:
         if spoken > heard_words:
             return sentences[index:]
     return []
+
+
+def _version_of(model: TextStreamer | None) -> str:
+    return model.version if model is not None else "template"
 
 
 def _now() -> datetime:

@@ -8,6 +8,7 @@ sentences — which `agent.wording` may phrase more naturally with the LLM.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
@@ -82,6 +83,9 @@ class ReplyPlan:
     @property
     def text(self) -> str:
         return " ".join(self.sentences)
+
+
+_ANOTHER_BOOKING = re.compile(r"\b(another|second|one more|new|also|as well|too)\b", re.I)
 
 
 class DialogueManager:
@@ -170,6 +174,13 @@ class DialogueManager:
         if existing and self.stage is Stage.OPEN:
             return self._start_existing(text, meaning)
         changed = self._fill_draft(text, meaning)
+        if self._echoes_the_booking(text, meaning, changed):
+            code = self.booked.code  # type: ignore[union-attr]
+            return ReplyPlan(
+                "already_booked",
+                [f"You're all set: your confirmation code is {code}, that's {spell(code)}.",
+                 "Is there anything else I can help with?"],
+            )  # fmt: skip
         if self.stage is Stage.BOOKING or changed or meaning.intents & {Intent.BOOK, Intent.AVAILABILITY}:
             self.stage = Stage.BOOKING
             return self._next_booking_step()
@@ -186,6 +197,17 @@ class DialogueManager:
                 "I can book a room, help with an existing reservation, or answer questions about the hotel. "
                 "What would you like to do?"
             ],
+        )
+
+    def _echoes_the_booking(self, text: str, meaning: TurnMeaning, changed: bool) -> bool:
+        """ "Please book it" just after the booking was made: the tail of the caller's "yes", not a new stay."""
+        return (
+            self.booked is not None
+            and self.stage is Stage.OPEN
+            and not changed
+            and Intent.BOOK in meaning.intents
+            and not meaning.intents & {Intent.AVAILABILITY, Intent.PRICE}
+            and not _ANOTHER_BOOKING.search(text)
         )
 
     # ------------------------------------------------------------------ new booking

@@ -1,7 +1,8 @@
 """The serving process's shared pieces: one database, hotel, tool set, call log and LLM for all calls.
 
 Built once per process from `Settings`; each caller gets a cheap `Conversation` from it. The
-language model sits behind one attribute so a later model swap replaces it between turns.
+language model sits in a `ModelSlot`: a model swap replaces it between turns, and each conversation
+takes the slot's model at the start of every turn.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from zoneinfo import ZoneInfo
 from agent.brain import Conversation
 from agent.calllog import CallLog
 from agent.hotel import HotelProfile, load_hotel
+from agent.model_slot import ModelSlot
 from agent.tools import HotelTools
 from agent.wording import TextStreamer
 from innkeeper.db.database import Database
@@ -39,7 +41,12 @@ class AgentRuntime:
         self.today = hotel_today(settings, self.hotel)
         self.tools = HotelTools(self.db, self.hotel, today=self.today)
         self.call_log = CallLog(self.db)
-        self.llm = llm
+        self.slot = ModelSlot(llm)
+
+    @property
+    def llm(self) -> TextStreamer | None:
+        """The model serving now (read-only: swaps go through `slot.swap_to`)."""
+        return self.slot.current
 
     @classmethod
     def from_settings(cls, settings: Settings, *, use_llm: bool = True) -> AgentRuntime:
@@ -59,7 +66,9 @@ class AgentRuntime:
             hotel=self.hotel,
             tools=self.tools,
             call_log=self.call_log,
-            llm=None if channel in VOICE_CHANNELS and not self.settings.voice_llm else self.llm,
+            llm=None,
+            # Voice calls without voice_llm stay on templates; every other turn reads the slot afresh.
+            model_source=None if channel in VOICE_CHANNELS and not self.settings.voice_llm else self._serving,
             today=self.today,
             channel=channel,
             caller_number=caller_number,
@@ -67,6 +76,9 @@ class AgentRuntime:
             temperature=self.settings.llm_temperature,
             first_sentence_budget_s=self._first_sentence_budget_s(voice=channel in VOICE_CHANNELS),
         )
+
+    def _serving(self) -> TextStreamer | None:
+        return self.slot.current
 
     def _first_sentence_budget_s(self, *, voice: bool) -> float | None:
         """A caller on the phone hears the wait as silence: voice calls give the LLM less time."""

@@ -17,6 +17,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from types import EllipsisType
 from typing import Protocol
 
 from agent.codes import CODE_PATTERN
@@ -164,27 +165,35 @@ class ReplyWriter:
         self.room_names = tuple(word for room in hotel.room_types for word in (room.name, room.code))
 
     async def stream(
-        self, plan: ReplyPlan, caller_text: str, clock: dict[str, float] | None = None
+        self,
+        plan: ReplyPlan,
+        caller_text: str,
+        clock: dict[str, float] | None = None,
+        *,
+        llm: TextStreamer | EllipsisType | None = ...,
     ) -> AsyncIterator[ReplyChunk]:
         """Grounded model sentences while they last, then the template's remainder.
 
         `clock`, when given, receives `llm_first_token` (time.perf_counter) for per-stage timings.
+        `llm` words this one reply instead of the writer's own model (`...`): a conversation passes the
+        model it took at the start of the turn, so a model swap mid-turn never changes the turn's words.
         """
+        model = self.llm if llm is ... else llm
         spoken: list[str] = []
-        if self.llm is not None and plan.act not in TEMPLATE_ONLY_ACTS:
-            async for sentence in self._grounded_model_sentences(plan, caller_text, clock):
+        if model is not None and plan.act not in TEMPLATE_ONLY_ACTS:
+            async for sentence in self._grounded_model_sentences(model, plan, caller_text, clock):
                 spoken.append(sentence)
                 yield ReplyChunk(sentence, "llm")
         for sentence in self._template_remainder(plan, spoken):
             yield ReplyChunk(sentence, "template")
 
     async def _grounded_model_sentences(
-        self, plan: ReplyPlan, caller_text: str, clock: dict[str, float] | None
+        self, model: TextStreamer, plan: ReplyPlan, caller_text: str, clock: dict[str, float] | None
     ) -> AsyncIterator[str]:
         allowed = fact_tokens(plan.text, self.room_names)
         vocabulary = content_words(plan.text + " " + self.hotel.name)
         buffer, accepted = "", 0
-        stream = self.llm.astream(  # type: ignore[union-attr]
+        stream = model.astream(
             self._messages(plan, caller_text),
             max_new_tokens=self.max_new_tokens,
             temperature=self.temperature,

@@ -614,6 +614,7 @@ def call(
         console.print(f"[{'yellow' if role == 'caller' else 'cyan'}]{role}:[/] {escape(text)}")
     console.print(latency_table(report))
     _print_call_notes(report)
+    _print_model_versions(report, target)
     if report.unanswered:
         err_console.print(f"[red]{report.unanswered} of {len(report.turns)} lines went unanswered")
         raise typer.Exit(1)
@@ -652,6 +653,21 @@ def _call_transcript(report, target: str) -> list[tuple[str, str]]:
         answer = f"(agent audio, {turn.reply_audio_s:.1f} s)" if turn.answered else "(no answer)"
         heard += [("caller", turn.text or "(audio)"), ("agent", answer)]
     return heard
+
+
+def _print_model_versions(report, target: str) -> None:
+    """Which model version answered (from the server's call record): what a model swap changes."""
+    from innkeeper.caller import fetch_call_record, http_base
+
+    if report.protocol == "twilio":
+        record = asyncio.run(fetch_call_record(http_base(target), call_sid=report.call_id))
+    else:
+        record = asyncio.run(fetch_call_record(http_base(target), report.call_id))
+    turns = (record or {}).get("turns") or []
+    agent_turns = [t for t in turns if isinstance(t, dict) and t.get("role") == "agent"]
+    versions = sorted({str(t["model_version"]) for t in agent_turns if t.get("model_version")})
+    if versions:
+        console.print(f"answered by model version: {', '.join(versions)}")
 
 
 def _print_call_notes(report) -> None:

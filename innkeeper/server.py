@@ -5,9 +5,11 @@
     WS   /ws/call          the plain protocol (PCM16 16 kHz; telephony/PROTOCOL.md)
     GET  /api/calls/{id}   a call's record: transcript, per-turn timings, audio files
     GET  /api/calls?call_sid=CA…   the same, found by Twilio's call id
-    GET  /healthz          liveness, live calls, the serving model
+    GET  /healthz          liveness, live calls, the serving model (and the last refused one)
+    /admin/models/...      promote, roll back, list model versions (innkeeper/model_admin.py)
 
-Models load once at start-up (`lifespan`), verified; each call gets a cheap `VoiceCall`.
+Models load once at start-up (`lifespan`), verified; each call gets a cheap `VoiceCall`. With an LLM, the
+model registry's serving version loads at start-up and is polled for; a new one swaps in between turns.
 Run with `innkeeper serve`.
 """
 
@@ -33,6 +35,7 @@ from fastapi.responses import Response
 from agent.calllog import CallNotFound
 from agent.runtime import AgentRuntime
 from agent.voice import SpeechModels, load_speech_models
+from innkeeper.model_admin import ModelAdmin, install_admin
 from innkeeper.settings import Settings
 from innkeeper.transports import CallServices, serve_plain, serve_twilio
 from telephony import plain_protocol, twilio_protocol
@@ -51,15 +54,25 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         use_llm = settings.voice_llm and settings.llm_model != "none"  # this server only takes voice calls
-        agent = runtime or await asyncio.to_thread(AgentRuntime.from_settings, settings, use_llm=use_llm)
+        # The LLM itself comes from the model admin: the registry's serving version, else the base model.
+        agent = runtime or await asyncio.to_thread(AgentRuntime.from_settings, settings, use_llm=False)
+        admin = ModelAdmin.for_runtime(
+            settings, agent, llm_enabled=use_llm if runtime is None else agent.llm is not None
+        )
+        await admin.startup()
+        app.state.model_admin = admin
         speech = models or await asyncio.to_thread(load_speech_models, settings)
         app.state.services = CallServices(runtime=agent, models=speech)
         log.info("innkeeper ready: model %s", agent.llm.version if agent.llm else "templates only")
+        poller = admin.start_polling()
         yield
+        if poller is not None:
+            poller.cancel()
         for call in list(app.state.services.active.values()):
             await call.hang_up("server shutdown")
 
     app = FastAPI(title="Innkeeper", lifespan=lifespan)
+    install_admin(app, settings)
 
     @app.get("/healthz")
     async def healthz(request: Request) -> dict[str, Any]:
@@ -72,6 +85,7 @@ def create_app(
             "task_names": sorted(t.get_coro().__qualname__ for t in asyncio.all_tasks()),
             "rejected_messages": services.rejected_messages,
             "model_version": llm.version if llm is not None else "template",
+            "model_error": request.app.state.model_admin.error,
         }
 
     @app.post("/twilio/voice")

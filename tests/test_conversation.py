@@ -294,3 +294,27 @@ def test_a_question_asked_again_says_why(runtime):
     assert replies[1].startswith("Got it.") and ask in replies[1]  # a detail was taken, the question stands
     assert replies[2].startswith("Sorry, I didn't catch that.") and ask in replies[2]
     assert "front desk" in replies[3]  # third time: offer a person
+
+
+def test_book_it_right_after_the_booking_repeats_the_code_not_a_new_booking(runtime):
+    booking, _, convo = book_ana(runtime)
+    replies, _ = talk(runtime, ["Please book it."], conversation=convo)
+    assert booking.code in replies[0] and "arrive" not in replies[0]
+    replies, _ = talk(runtime, ["I'd like to book another room."], conversation=convo)
+    assert booking.code not in replies[0]  # a second stay is a new booking
+    assert len(runtime.tools.list_bookings()) == 1
+
+
+def test_a_cut_confirmation_is_said_again_after_the_tail_of_the_callers_yes(runtime):
+    async def run():
+        convo = runtime.new_conversation()
+        await convo.start()
+        for line in BOOKING_SCRIPT[:-1]:
+            await convo.reply(line)
+        confirmation = " ".join([c async for c in convo.respond("Yes.", defer_log=True)])
+        await convo.finish_reply(" ".join(confirmation.split()[:5]), interrupted=True)
+        return await convo.reply("Please book it.")
+
+    again = asyncio.run(run())
+    booking = runtime.tools.list_bookings()[0]
+    assert again.startswith("Sorry, as I was saying") and booking.code in again

@@ -1,0 +1,1201 @@
+"""What the nightly learning job costs at 100 and 1000 logged calls, and what a model swap costs a live call.
+
+For each size, in a fresh INNKEEPER_HOME (SQLite) and a fresh subprocess per stage (so `ru_maxrss` is that
+stage's own peak):
+
+1. **calls** (not part of the job; timed on its own): N text calls placed through the real brain
+   (`AgentRuntime(llm=None)`, template wording) by a seeded, reactive simulated caller: bookings with
+   varied dates, stays, guest counts, rooms, names and phone formats; questions (check-out, parking,
+   breakfast, pets, Wi-Fi, cancellation policy, ...); cancellations, look-ups and changes of bookings made
+   earlier in the run, by code + surname; short hang-ups; about 2% of calls read out a card number (typed
+   digits, spoken words, or split over two turns). Many distinct callers, some repeat callers.
+2. **nightly**: `tuning.nightly.run_nightly` once: seconds per step (curate, train, evaluate, gate,
+   register, promote), total, peak RSS, curation counts, training steps, the gate's decision. Then an audit
+   (outside the timing): per kind of call, how many reached the training set, which were dropped and why,
+   and whether any name, phone number, booking code or card number of the generated calls is still in the
+   run's dataset.json.
+3. **swap** (`--swap`, on by default, after the largest size): the serving model and the nightly run's delta
+   artifact; LLM-worded question turns run back to back in one text conversation while
+   `agent.model_slot.ModelSlot.swap_to` loads the new version in its worker thread. Reports the gap between
+   the last turn on the old version and the first on the new (each turn's version is
+   `Conversation.last_turn.model_version`), the latency of the turn in progress when the swap landed and of
+   every turn during the load against the median turn before the swap (target: none slower by more than
+   50 ms), the load time and the reference swap's pause.
+
+Prints tables and writes `benchmarks/results/nightly.json` (or --out).
+
+    .venv/bin/python benchmarks/nightly.py                                # 100 and 1000 calls, bundled model, swap
+    .venv/bin/python benchmarks/nightly.py --base ~/.innkeeper/tuning/guarded/model   # from a guarded base
+    .venv/bin/python benchmarks/nightly.py --tiny --calls 20 60           # quick check of the script itself
+
+The base model is the bundled SmolLM2-135M unless `--base` names a model directory (a guarded base made by
+`innkeeper tune align`); the defaults of the job (steps, eval suite, gate budgets) are the settings' unless
+`--steps` / `--eval-size` override them. `--tiny` uses a tiny random model, a tiny corpus and 2 steps: its
+timings say nothing about the real job. Caveat: the simulated caller runs in the same process as the brain
+during call generation, and the swap measurement runs model loading and generation on the same cores, as a
+serving process does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from innkeeper.settings import Settings
+
+RESULTS = Path(__file__).resolve().parent / "results" / "nightly.json"
+TODAY = date(2026, 11, 26)  # pinned, so "tomorrow" and "December 7" mean the same stay on every run
+CARD_SHARE = 0.02
+SWAP_TARGET_MS = 50.0
+MAX_CALLER_TURNS = 16
+# --tiny: the shapes tests/test_nightly.py uses (a tiny corpus, 2 steps, a gate that lets it through)
+TINY_SIZE = {"text_tokens": 256, "chats": 2, "safety": 2, "max_len": 96}
+TINY_OVERRIDES = {"steps": 2, "batch_size": 2, "eval_every": 1, "lr": 1e-3}
+TINY_GATE = {
+    "gate_min_domain_gain": -10.0,
+    "gate_max_general_nll_pct": 1e9,
+    "gate_max_chat_kl": 1e9,
+    "gate_min_mc_retained": -1e9,
+    "gate_max_refusal_drop": 10.0,
+    "gate_max_over_refusal_rise": 10.0,
+    "gate_max_policy_drop": 10.0,
+}
+
+console = Console(width=None if sys.stdout.isatty() else 110)  # piped to a file: tables stay unwrapped
+
+
+# ====================================================================== the simulated callers
+
+FIRST_NAMES = (
+    "Ana Maria Oliver Priya Tomasz Keiko Fatima Lucas Ingrid Mateo Chloe Darius Nadia Rafael Soren Amara "
+    "Yusuf Elena Dmitri Beatriz Kwame Sienna Henrik Leilani Tariq Marisol Anders Zofia Emeka Greta Ravi "
+    "Yara Colm Aiko Lorenzo Wanjiru Bastian Imogen Tenzin Ottilie"
+).split()
+SURNAMES = (
+    "Diaz Lopez Kowalski Nakamura Haddad Okafor Lindqvist Moreau Castellanos Petrov Rahman Fitzgerald "
+    "Abernathy Sato Gallagher Oyelaran Novak Quintero Varga Mbeki Henriksen Delacroix Takahashi Ivanova "
+    "Brennan Albrecht Szabo Kaminski Ferreira Ngata Castillo Yilmaz Lindgren Moreno Dubois Kapoor "
+    "Whitfield Ostrowski Achebe Marchetti"
+).split()
+ROOMS = {  # code: (capacity, ways a caller names it)
+    "standard": (2, ("the standard queen", "a standard queen", "the standard room", "the queen room")),
+    "deluxe": (3, ("the deluxe king", "a deluxe king", "the deluxe room", "the king room")),
+    "suite": (4, ("the harbor suite", "the suite", "a suite")),
+}
+_ROOM_TITLES = {"standard": "Standard Queen", "deluxe": "Deluxe King", "suite": "Harbor Suite"}
+NUMBER_WORDS = "zero one two three four five six seven eight nine ten eleven twelve".split()
+QUESTIONS = {
+    "checkout": ("What time is check-out?", "When do I have to check out?", "How late is check-out?"),
+    "checkin": ("What time is check-in?", "When can we check in?"),
+    "parking": ("Do you have parking?", "How much is parking?", "Is there valet parking?"),
+    "breakfast": ("Is breakfast included?", "What time is breakfast?", "Do you serve breakfast?"),
+    "pets": ("Can I bring my dog?", "Do you allow pets?", "Are dogs allowed?"),
+    "wifi": ("Do you have Wi-Fi?", "Is the Wi-Fi free?"),
+    "pool": ("Is there a pool?", "When is the pool open?"),
+    "cancellation": ("What's your cancellation policy?", "Can I cancel for free?"),
+    "shuttle": ("Is there an airport shuttle?", "How far is the airport?"),
+    "restaurant": ("Do you have a restaurant?", "When does the restaurant open for dinner?"),
+}
+CLOSERS = ("Thanks, bye.", "Great, that's all. Goodbye.", "Perfect, thank you. Bye.", "No, that's all, bye.")
+# How a caller opens (varied, so that calls are not all duplicates of each other after redaction).
+OPENERS = ("", "Hi, ", "Hello, ", "Hey, ", "Good morning, ", "Good afternoon, ", "Hi there, quick question: ")
+# A short call: one line, then the caller hangs up whatever the agent says.
+HANGUPS = (
+    "is this the hotel?",
+    "sorry, wrong number.",
+    "I'd like to book a room.",
+    "um, I was calling about",
+    "what time is check-out?",
+    "do you have parking?",
+    "is breakfast included?",
+    "can I bring my dog?",
+    "do you have any rooms this weekend?",
+)
+AGENCY_SHARE = 0.03  # one caller number (a travel agency) places this share of calls: the per-caller cap applies
+# kind: share of calls (cancel/lookup/modify fall back to a question call until a booking exists)
+KINDS = {"booking": 0.40, "question": 0.27, "cancel": 0.09, "lookup": 0.05, "modify": 0.04, "hangup": 0.13}
+
+
+@dataclass
+class Persona:
+    first: str
+    last: str
+    number: str  # 10 digits: the caller id, and the number they give
+
+
+@dataclass
+class CallScript:
+    """One planned call: the kind, who calls, what they want (a booking, questions) and whether a card is read."""
+
+    index: int
+    kind: str
+    persona: Persona
+    seed: int
+    card: str | None = None  # "typed" | "spoken" | "split"
+
+
+@dataclass
+class PlacedCall:
+    """A call as placed, with the personal data it contained (for the leak audit)."""
+
+    call_id: str
+    kind: str
+    card: str | None
+    turns: int
+    end: str  # completed | hangup | stuck
+    acts: list[str]
+    secrets: dict[str, list[str]] = field(default_factory=dict)  # kind of data -> values said in the call
+    booked_code: str | None = None
+
+
+def plan_calls(n: int, seed: int) -> list[CallScript]:
+    """N call scripts: kinds by KINDS, about CARD_SHARE with a card read out, a third from repeat callers."""
+    rng = random.Random(seed)
+    repeaters = [_persona(rng) for _ in range(max(3, n // 25))]
+    agency = _persona(rng)
+    kinds = rng.choices(list(KINDS), weights=list(KINDS.values()), k=n)
+    card_calls = sorted(rng.sample(range(n), max(1, round(n * CARD_SHARE))))
+    card_modes = {i: ("typed", "spoken", "split")[k % 3] for k, i in enumerate(card_calls)}
+    scripts = []
+    for i, kind in enumerate(kinds):
+        draw = rng.random()
+        if draw < AGENCY_SHARE:  # a different guest's name each time, the agency's number
+            persona = Persona(rng.choice(FIRST_NAMES), rng.choice(SURNAMES), agency.number)
+        else:
+            persona = rng.choice(repeaters) if draw < 0.33 else _persona(rng)
+        card = card_modes.get(i)
+        if card:
+            kind = "booking"
+        scripts.append(CallScript(i, kind, persona, seed=rng.randrange(2**31), card=card))
+    return scripts
+
+
+def _persona(rng: random.Random) -> Persona:
+    area = rng.choice(("207", "617", "212", "415", "503", "312", "646", "802", "603", "978"))
+    return Persona(rng.choice(FIRST_NAMES), rng.choice(SURNAMES), f"{area}555{rng.randrange(10000):04d}")
+
+
+def luhn_card(rng: random.Random) -> str:
+    """A random card number that passes the Luhn check (Visa/Mastercard 16 digits, Amex 15)."""
+    prefix, length = rng.choice((("4", 16), ("51", 16), ("55", 16), ("37", 15)))
+    body = prefix + "".join(str(rng.randrange(10)) for _ in range(length - len(prefix) - 1))
+    total = 0
+    for i, ch in enumerate(reversed(body)):
+        d = int(ch) * (2 if i % 2 == 0 else 1)
+        total += d - 9 if d > 9 else d
+    return body + str((10 - total % 10) % 10)
+
+
+def spoken_digits(digits: str) -> str:
+    return " ".join(NUMBER_WORDS[int(d)] for d in digits)
+
+
+def _opening(lead: str, line: str) -> str:
+    """`lead` + `line`, capitalised as a sentence ("Hi, " + "Do you ..." → "Hi, do you ...")."""
+    if not lead:
+        return line[0].upper() + line[1:]
+    return lead + (line if line.startswith("I ") or line.startswith("I'") else line[0].lower() + line[1:])
+
+
+class Caller:
+    """A reactive caller: answers whatever the agent asked (its dialogue act), following its script."""
+
+    def __init__(self, script: CallScript, booking: tuple[str, str, str] | None, today: date):
+        self.s = script
+        self.rng = random.Random(script.seed)
+        self.p = script.persona
+        self.booking = booking  # (code, surname, number) of an earlier booking, for cancel/lookup/modify
+        self.hung_up = False
+        self.secrets: dict[str, set[str]] = defaultdict(set)
+        self._lines: list[str] = []
+        self._clarified = 0
+        self._card_said = False
+        self._split_rest: str | None = None
+        self.reply = ""  # the agent's last words
+        self.today = today
+        self._plan_stay(today)
+        self._plan_questions()
+
+    # ---- the plan
+    def _plan_stay(self, today: date) -> None:
+        rng = self.rng
+        self.guests = rng.choices((1, 2, 3, 4), weights=(3, 5, 2, 1))[0]
+        fits = [code for code, (cap, _) in ROOMS.items() if cap >= self.guests]
+        self.room = rng.choice(fits)
+        self.nights = rng.choices((1, 2, 3, 4, 5, 7), weights=(4, 5, 3, 2, 1, 1))[0]
+        self.check_in = today + timedelta(days=rng.randrange(1, 330))
+        if rng.random() < 0.08:
+            self.check_in, self.nights, self.guests = today + timedelta(days=1), 1, 1
+            self.room = "standard"
+
+    def _plan_questions(self) -> None:
+        topics = self.rng.sample(list(QUESTIONS), k=self.rng.choice((1, 1, 2, 2, 3)))
+        self.questions = [self.rng.choice(QUESTIONS[t]) for t in topics]
+
+    # ---- phrasing
+    def _date(self, day: date) -> str:
+        month, n = day.strftime("%B"), day.day
+        ordinal = f"{n}{'th' if 11 <= n % 100 <= 13 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+        return self.rng.choice((f"{month} {n}", f"{month} {ordinal}", f"the {ordinal} of {month}"))
+
+    def _nights(self) -> str:
+        n = self.nights
+        word = NUMBER_WORDS[n] if n < len(NUMBER_WORDS) else str(n)
+        return "one night" if n == 1 else self.rng.choice((f"{word} nights", f"{n} nights"))
+
+    def _guests(self) -> str:
+        g = self.guests
+        if g == 1:
+            return self.rng.choice(("Just me.", "Only me.", "One adult."))
+        word = NUMBER_WORDS[g]
+        return self.rng.choice((f"{word.capitalize()} adults.", f"{word.capitalize()} of us.", f"{g} people."))
+
+    def _room_name(self) -> str:
+        return self.rng.choice(ROOMS[self.room][1])
+
+    def _phone(self) -> str:
+        d = self.p.number
+        self.secrets["phone"].add(d)
+        style = self.rng.randrange(4)
+        if style == 0:
+            return f"{d[:3]} {d[3:6]} {d[6:]}."
+        if style == 1:
+            return f"It's ({d[:3]}) {d[3:6]}-{d[6:]}."
+        if style == 2:
+            return f"{spoken_digits(d[:3])}, {spoken_digits(d[3:6])}, {spoken_digits(d[6:])}."
+        return f"Sure, {d[:3]}-{d[3:6]}-{d[6:]}."
+
+    def _name(self) -> str:
+        self.secrets["name"].update((self.p.first, self.p.last))
+        full = f"{self.p.first} {self.p.last}"
+        return self.rng.choice((f"{full}.", f"My name is {full}.", f"It's {full}.", f"{full}, thanks."))
+
+    def _card_line(self) -> str:
+        card = luhn_card(self.rng)
+        self.secrets["card"].add(card)
+        groups = [card[i : i + 4] for i in range(0, len(card), 4)]
+        if self.s.card == "typed":
+            return f"Can I just pay now? My card number is {' '.join(groups)}."
+        if self.s.card == "spoken":
+            return f"Could I give you my card? It's {', '.join(spoken_digits(g) for g in groups)}."
+        half = len(groups) // 2
+        self._split_rest = f"And then {' '.join(groups[half:])}."
+        return f"I'd like to pay by card, the number is {' '.join(groups[:half])}"
+
+    # ---- the conversation
+    def first_line(self) -> str:
+        kind, rng = self.s.kind, self.rng
+        if kind == "hangup":
+            return _opening(rng.choice(OPENERS), rng.choice(HANGUPS)) if rng.random() < 0.9 else "Hello?"
+        if kind == "question":
+            return _opening(rng.choice(OPENERS), self._ask())
+        if kind in ("cancel", "lookup", "modify"):
+            return self._existing_opener()
+        room, when, nights = self._room_name(), self._date(self.check_in), self._nights()
+        if self.check_in == self.today + timedelta(days=1) and self.nights == 1 and self.guests == 1:
+            return rng.choice(("I need a room for tomorrow night, just me.", "Do you have a room tomorrow night?"))
+        return rng.choice(
+            (
+                f"Hi, I'd like a room for {nights} from {when}.",
+                f"Do you have {room} available from {when} for {nights}?",
+                "I'd like to book a room, please.",
+                f"Hello, I want to book {room}, arriving {when}, for {nights}.",
+                f"Hi there. We're looking for a room from {when}.",
+            )
+        )
+
+    def _existing_opener(self) -> str:
+        code, surname, _ = self.booking  # type: ignore[misc]
+        self.secrets["code"].add(code)
+        self.secrets["name"].add(surname)
+        said = code if self.rng.random() < 0.7 else "-".join(code)
+        verb = {"cancel": "cancel", "lookup": "check", "modify": "change"}[self.s.kind]
+        if self.rng.random() < 0.3:  # the agent asks for the code, then the surname
+            self._lines = [f"It's {said}.", f"{surname}."]
+            return f"I'd like to {verb} my reservation."
+        return self.rng.choice(
+            (
+                f"I need to {verb} my booking, code {said}, last name {surname}.",
+                f"Hi, I want to {verb} my reservation. The confirmation code is {said} and the surname is {surname}.",
+            )
+        )
+
+    def _ask(self) -> str:
+        if self.questions:
+            return self.questions.pop(0)
+        return self.rng.choice(CLOSERS)
+
+    def next_line(self, act: str, reply: str) -> str | None:
+        """The caller's answer to the agent's last act (and words), or None: they hang up."""
+        self.reply = reply
+        if self._split_rest is not None:
+            rest, self._split_rest = self._split_rest, None
+            return rest
+        if self.s.kind == "hangup":
+            self.hung_up = True
+            return None
+        handler = getattr(self, f"_on_{act}", None)
+        if handler is not None:
+            return handler()
+        return self._stuck()
+
+    def _stuck(self) -> str | None:
+        self._clarified += 1
+        if self._clarified > 2:
+            self.hung_up = True
+            return None
+        if self._lines:
+            return self._lines.pop(0)
+        return self.rng.choice(("Sorry, I'll call back later. Bye.", "Never mind, goodbye."))
+
+    # answers, by the act the agent ended on
+    def _on_ask_check_in(self) -> str:
+        return f"{self._date(self.check_in)}."
+
+    def _on_ask_nights(self) -> str:
+        return f"{self._nights().capitalize()}."
+
+    def _on_ask_guests(self) -> str:
+        return self._guests()
+
+    def _on_too_many_guests(self) -> str:
+        self.guests = min(self.guests, 2)
+        return self._guests()
+
+    def _on_offer_rooms(self) -> str | None:
+        listing = self.reply.rpartition("we have")[2]  # not "the Standard Queen is sold out" before it
+        offered = [code for code, title in _ROOM_TITLES.items() if title in listing]
+        if offered and self.room not in offered:  # sold out: take one that is offered, or give up
+            if self.rng.random() < 0.2:
+                self.hung_up = True
+                return None
+            self.room = self.rng.choice(offered)
+        return self.rng.choice((f"{self._room_name().capitalize()}, please.", f"I'll take {self._room_name()}."))
+
+    def _on_ask_name(self) -> str:
+        return self._name()
+
+    def _on_ask_phone(self) -> str:
+        if self.s.card and not self._card_said:
+            self._card_said = True
+            return self._card_line()
+        return self._phone()
+
+    def _on_card_warning(self) -> str:
+        return self._phone()
+
+    def _on_read_back(self) -> str:
+        return self.rng.choice(("Yes, book it.", "Yes please.", "That's right, go ahead.", "Yes."))
+
+    def _on_confirm_again(self) -> str:
+        return "Yes."
+
+    def _on_booked(self) -> str:
+        return self._ask() if self.rng.random() < 0.3 else self.rng.choice(CLOSERS)
+
+    def _on_answer_question(self) -> str:
+        return self._ask()
+
+    def _on_no_availability(self) -> str | None:
+        if self.rng.random() < 0.5:
+            self.hung_up = True
+            return None
+        self.check_in += timedelta(days=self.rng.randrange(7, 60))
+        return f"How about {self._date(self.check_in)}?"
+
+    def _on_invalid_dates(self) -> str:
+        self.check_in = self.today + timedelta(days=self.rng.randrange(5, 200))
+        return f"{self._date(self.check_in)}."
+
+    def _on_ask_code(self) -> str | None:
+        return self._lines.pop(0) if self._lines else self._stuck()
+
+    def _on_ask_surname(self) -> str | None:
+        return self._lines.pop(0) if self._lines else self._stuck()
+
+    def _on_confirm_cancel(self) -> str:
+        return self.rng.choice(("Yes, please cancel it.", "Yes.", "Yes, cancel it."))
+
+    def _on_cancelled(self) -> str:
+        return self.rng.choice(CLOSERS)
+
+    def _on_lookup(self) -> str:
+        return self.rng.choice(("Great, thanks. Bye.", "Perfect, that's all. Goodbye."))
+
+    def _on_ask_change(self) -> str:
+        self.guests = 1 if self.guests > 1 else 2
+        return f"Can we change it to {NUMBER_WORDS[self.guests]} guests?"
+
+    def _on_confirm_modify(self) -> str:
+        return "Yes, please."
+
+    def _on_modified(self) -> str:
+        return self.rng.choice(CLOSERS)
+
+    def _on_greet(self) -> str:
+        return self.first_line() if not self._lines else self._lines.pop(0)
+
+    _on_keep_booking = _on_cancelled
+    _on_rates = _on_answer_question
+
+
+async def place_calls(
+    settings: Settings, scripts: list[CallScript], *, workers: int
+) -> tuple[list[PlacedCall], dict[str, Any]]:
+    """Place every scripted call through the real brain, `workers` at a time; returns the calls and timings."""
+    from agent.codes import CODE_PATTERN
+    from agent.hotel import load_hotel
+    from agent.runtime import AgentRuntime
+    from innkeeper.db.database import Database
+
+    db = Database.from_settings(settings)
+    db.migrate()
+    db.seed(load_hotel(settings.hotel_file))
+    runtime = AgentRuntime(settings, llm=None, db=db)
+    bookings: list[tuple[str, str, str]] = []  # (code, surname, number) of bookings made so far
+    gate = asyncio.Semaphore(workers)
+    pick = random.Random(len(scripts))
+
+    async def one(script: CallScript) -> PlacedCall:
+        async with gate:
+            booking = None
+            if script.kind in ("cancel", "lookup", "modify") and bookings:
+                # a cancelled booking is not asked about again; look-ups and changes may repeat
+                index = pick.randrange(len(bookings))
+                booking = bookings.pop(index) if script.kind == "cancel" else bookings[index]
+            if script.kind in ("cancel", "lookup", "modify"):
+                if booking is None:
+                    script.kind = "question"  # nothing booked yet to ask about
+                elif pick.random() < 0.7:  # usually the guest who booked calls again
+                    script.persona = Persona(script.persona.first, booking[1], booking[2])
+            caller = Caller(script, booking, TODAY)
+            convo = runtime.new_conversation(caller_number=f"+1{script.persona.number}")
+            await convo.start()
+            await convo.greet()
+            acts, code = [], None
+            line: str | None = caller.first_line()
+            while line is not None and not convo.ended and len(acts) < MAX_CALLER_TURNS:
+                reply = await convo.reply(line)
+                act = convo.last_turn.plan.act
+                acts.append(act)
+                if act == "booked" and (m := CODE_PATTERN.search(reply)):
+                    code = m[0]
+                    caller.secrets["code"].add(code)
+                    bookings.append((code, caller.p.last, caller.p.number))
+                line = caller.next_line(act, reply)
+            end = "completed" if convo.ended else ("hangup" if caller.hung_up else "stuck")
+            await convo.close("completed" if end == "completed" else "hangup")
+            return PlacedCall(
+                call_id=convo.call_id or "",
+                kind="card" if script.card else script.kind,
+                card=script.card,
+                turns=len(acts),
+                end=end,
+                acts=acts,
+                secrets={k: sorted(v) for k, v in caller.secrets.items()},
+                booked_code=code,
+            )
+
+    started = time.perf_counter()
+    # Scripts start in order (the semaphore is fair), so a cancellation usually finds earlier bookings.
+    calls = await asyncio.gather(*(one(s) for s in scripts))
+    seconds = time.perf_counter() - started
+    db.close()
+    turns = sum(c.turns for c in calls)
+    return list(calls), {
+        "seconds": round(seconds, 2),
+        "calls": len(calls),
+        "caller_turns": turns,
+        "ms_per_call": round(1000 * seconds / max(len(calls), 1), 1),
+        "workers": workers,
+        "kinds": dict(Counter(c.kind for c in calls)),
+        "ends": dict(Counter(c.end for c in calls)),
+        "booked": sum(c.booked_code is not None for c in calls),
+        "distinct_callers": len({s.persona.number for s in scripts}),
+    }
+
+
+# ====================================================================== the stages (one subprocess each)
+
+
+def stage_settings(args: argparse.Namespace, home: Path, *, model: bool = True) -> Settings:
+    """The settings every stage of one size uses (a fresh home; the model as the options say).
+
+    `model=False`: the stage needs no model (call generation), so --tiny builds none and imports no torch.
+    """
+    extra: dict[str, Any] = {"home": home, "today": TODAY, "database_url": None}
+    if args.tiny:
+        model_dir = home / "tiny-chat"
+        if model and not (model_dir / "config.json").exists():
+            from agent.llm import build_tiny_chat_model
+
+            build_tiny_chat_model(model_dir)
+        extra |= {"llm_model": str(model_dir), "nightly_eval_size": "tiny", "nightly_heldout_fraction": 0.3}
+        extra |= TINY_GATE
+    elif args.base:
+        extra["llm_model"] = str(Path(args.base).expanduser().resolve())
+    if args.eval_size:
+        extra["nightly_eval_size"] = args.eval_size
+    if args.threads:
+        extra["llm_threads"] = args.threads
+    return Settings(**extra)
+
+
+def run_calls_stage(args: argparse.Namespace, home: Path) -> dict[str, Any]:
+    settings = stage_settings(args, home, model=False)
+    scripts = plan_calls(args.one_size, args.seed + args.one_size)
+    calls, summary = asyncio.run(place_calls(settings, scripts, workers=args.workers))
+    (home / "bench-calls.json").write_text(json.dumps([asdict(c) for c in calls], indent=0))
+    summary["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    summary["vm_hwm_mb"] = _vm_hwm_mb()
+    return summary
+
+
+def run_nightly_stage(args: argparse.Namespace, home: Path) -> dict[str, Any]:
+    import torch
+
+    from innkeeper.db.database import Database
+    from innkeeper.registry import ModelRegistry
+    from tuning.nightly import nightly_root, run_nightly
+    from tuning.pipeline import CorpusSize, start_model_dir
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = stage_settings(args, home)
+    db = Database.from_settings(settings)
+    registry = ModelRegistry.from_settings(settings, db)
+    size = CorpusSize(**TINY_SIZE) if args.tiny else None
+    overrides: dict[str, Any] = {**(TINY_OVERRIDES if args.tiny else {}), "progress": False}
+    if args.steps:
+        overrides["steps"] = args.steps
+    started = time.perf_counter()
+    report = run_nightly(
+        settings,
+        db=db,
+        registry=registry,
+        force=True,
+        console=Console(stderr=True),
+        size=size,
+        overrides=overrides,
+    )
+    total = time.perf_counter() - started
+    run_dir = nightly_root(settings) / report.run_id
+    state = json.loads((run_dir / "state.json").read_text())
+    train = state.get("done", {}).get("train", {})
+    artifact = None
+    if report.version_id:
+        artifact = str(registry.local_artifact(registry.get(report.version_id)))
+    return {
+        "status": report.status,
+        "note": report.note,
+        "version_id": report.version_id,
+        "seconds": report.seconds,
+        "total_s": round(total, 1),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "vm_hwm_mb": _vm_hwm_mb(),
+        "counts": report.counts,
+        "train": {k: v for k, v in train.get("metrics", {}).items() if isinstance(v, int | float | str)},
+        "gate": report.gate,
+        "retention": report.retention,
+        "run_dir": str(run_dir),
+        "artifact": artifact,
+        "base_dir": str(start_model_dir(settings)),
+        "torch_threads": torch.get_num_threads(),
+        "config": {"size": TINY_SIZE if args.tiny else "CorpusSize() defaults", "overrides": overrides},
+    }
+
+
+def run_swap_stage(args: argparse.Namespace, home: Path) -> dict[str, Any]:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = stage_settings(args, home)
+    return asyncio.run(measure_swap(settings, args))
+
+
+# ---------------------------------------------------------------------- the swap
+
+
+@dataclass
+class TimedTurn:
+    index: int
+    line: str
+    start: float  # perf_counter seconds
+    end: float
+    version: str
+    llm_used: bool
+
+    @property
+    def ms(self) -> float:
+        return (self.end - self.start) * 1000
+
+
+SWAP_LINES = (
+    "What time is check-out?",
+    "Do you have parking?",
+    "Is breakfast included?",
+    "Can I bring my dog?",
+    "Is the Wi-Fi free?",
+    "When is the pool open?",
+)
+
+
+async def measure_swap(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    """LLM-worded turns back to back while the slot swaps to the new version; see the module docstring."""
+    from agent.hotel import load_hotel
+    from agent.model_slot import load_version
+    from agent.runtime import AgentRuntime
+    from innkeeper.db.database import Database
+    from tuning.pipeline import start_model_dir
+
+    base_dir = Path(args.swap_base) if args.swap_base else start_model_dir(settings)
+    artifact = Path(args.swap_artifact) if args.swap_artifact else None
+    source = "nightly run's delta"
+    if artifact is None:
+        artifact = _noise_artifact(base_dir, settings.home / "bench-swap-artifact")
+        source = "seeded noise delta (no nightly artifact)"
+    threads = settings.llm_threads
+    t0 = time.perf_counter()
+    old = await asyncio.to_thread(load_version, base_dir, None, version=None, threads=threads)
+    first_load_s = time.perf_counter() - t0
+    db = Database.from_settings(settings)
+    db.migrate()  # no-ops after a nightly stage; needed when the swap runs alone (--calls with no sizes)
+    db.seed(load_hotel(settings.hotel_file))
+    runtime = AgentRuntime(settings, llm=old, db=db)
+    convo = runtime.new_conversation(caller_number="+12075550100")
+    await convo.start()
+    await convo.greet()
+    new_version = args.swap_version or f"{old.version}+bench"
+    turns: list[TimedTurn] = []
+    marks: dict[str, float] = {}
+    swap_result: dict[str, Any] = {}
+
+    async def swap() -> None:
+        marks["requested"] = time.perf_counter()
+        result = await runtime.slot.swap_to(
+            new_version, lambda: load_version(base_dir, artifact, version=new_version, threads=threads)
+        )
+        marks["swapped"] = time.perf_counter()  # swap_to returns right after its one assignment
+        swap_result.update(asdict(result))
+
+    task: asyncio.Task[None] | None = None
+    after = 0
+    for index in range(args.swap_max_turns):
+        if index == args.swap_warm_turns:
+            task = asyncio.get_running_loop().create_task(swap())
+        line = SWAP_LINES[index % len(SWAP_LINES)]
+        start = time.perf_counter()
+        await convo.reply(line)
+        end = time.perf_counter()
+        outcome = convo.last_turn
+        turns.append(
+            TimedTurn(index, line, start, end, outcome.model_version, "llm_first_token_ms" in outcome.latencies)
+        )
+        if task is not None and task.done():
+            after += 1
+            if after > args.swap_after_turns:
+                break
+    if task is None or not task.done():
+        if task is not None:
+            await task
+        raise SystemExit("the swap did not finish within --swap-max-turns turns; raise it")
+    task.result()  # a failed load raises here, with its reason
+    await convo.close()
+    db.close()
+    summary = _swap_summary(turns, marks, swap_result, old.version, first_load_s, source, artifact)
+    budget = settings.llm_first_sentence_ms
+    summary["first_sentence_budget_ms"] = budget
+    # a turn that waited the whole budget spoke the template: its latency is the budget, not the model's
+    summary["turns_at_budget"] = sum(budget is not None and t.ms >= 0.98 * budget for t in turns)
+    return summary
+
+
+def _swap_summary(
+    turns: list[TimedTurn],
+    marks: dict[str, float],
+    result: dict[str, Any],
+    old_version: str,
+    first_load_s: float,
+    source: str,
+    artifact: Path,
+) -> dict[str, Any]:
+    requested, swapped = marks["requested"], marks["swapped"]
+    before = [t for t in turns if t.end <= requested]
+    during = [t for t in turns if t.end > requested and t.start < swapped]
+    old_turns = [t for t in turns if t.version == old_version]
+    new_turns = [t for t in turns if t.version == result["version"]]
+    last_old, first_new = old_turns[-1], new_turns[0]
+    spanning = next((t for t in turns if t.start <= swapped <= t.end), None)
+    median_before = statistics.median(t.ms for t in before)
+    by_line = defaultdict(list)
+    for t in before:
+        by_line[t.line].append(t.ms)
+    line_median = {line: statistics.median(v) for line, v in by_line.items()}
+    affected = [t for t in turns if t.end > requested][: len(during) + 1]  # during the load, and the first new
+    excess = [t.ms - line_median.get(t.line, median_before) for t in affected]
+    worst = max(excess) if excess else 0.0
+    worst_turn = affected[excess.index(worst)] if excess else None
+    return {
+        "artifact": str(artifact),
+        "artifact_source": source,
+        "old_version": old_version,
+        "new_version": result["version"],
+        "first_model_load_s": round(first_load_s, 3),
+        "load_s": result["load_s"],
+        "pause_ms": result["pause_ms"],
+        "turns": len(turns),
+        "turns_before": len(before),
+        "turns_during_load": len(during),
+        "llm_used_share": round(sum(t.llm_used for t in turns) / len(turns), 3),
+        "median_before_ms": round(median_before, 1),
+        # the spread of turns with no swap at all: an excess within it is not the swap's doing
+        "before_p90_ms": round(_percentile([t.ms for t in before], 90), 1),
+        "before_max_ms": round(max(t.ms for t in before), 1),
+        "median_after_ms": round(statistics.median(t.ms for t in new_turns), 1),
+        "during_load_median_ms": round(statistics.median(t.ms for t in during), 1) if during else None,
+        "during_load_max_ms": round(max(t.ms for t in during), 1) if during else None,
+        "spanning_turn_ms": round(spanning.ms, 1) if spanning else None,
+        "spanning_turn_version": spanning.version if spanning else None,
+        "first_new_turn_ms": round(first_new.ms, 1),
+        "gap_ms": round((first_new.start - last_old.end) * 1000, 3),
+        "worst_excess_ms": round(worst, 1),
+        "worst_turn_ms": round(worst_turn.ms, 1) if worst_turn else None,
+        "target_ms": SWAP_TARGET_MS,
+        "met": worst <= SWAP_TARGET_MS,
+        "turn_ms": [round(t.ms, 1) for t in turns],
+        "turn_versions": [t.version for t in turns],
+        "swap_requested_after_turn": len(before),
+    }
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def _noise_artifact(base_dir: Path, out_dir: Path) -> Path:
+    """A real delta artifact (one tensor of the base nudged by seeded noise), when no nightly run made one."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tuning.artifacts import save_delta, weights_sha256
+
+    if (out_dir / "manifest.json").exists():
+        return out_dir
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    base_state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    name = next(n for n, p in model.named_parameters() if n.endswith("mlp.down_proj.weight"))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        param = model.get_parameter(name)
+        param.add_(1e-3 * torch.randn(param.shape, generator=generator))
+    return save_delta(
+        base_state,
+        model,
+        out_dir,
+        base_id=str(base_dir),
+        base_sha256=weights_sha256(base_dir),
+        lineage={"call_ids": []},
+        config={"benchmark": "nightly swap"},
+        metrics={},
+    )
+
+
+# ====================================================================== the audit (in the parent, untimed)
+
+
+def run_audit_stage(args: argparse.Namespace, home: Path) -> dict[str, Any]:
+    return audit(home, json.loads((home / "bench-nightly.json").read_text()))
+
+
+def audit(home: Path, nightly: dict[str, Any]) -> dict[str, Any]:
+    """Per kind of call: placed, in the training set, dropped by redaction (why); and leaked personal data."""
+    from agent.hotel import load_hotel
+    from innkeeper.db.database import Database
+    from innkeeper.db.schema import utcnow
+    from tuning.curate import Dropped, hotel_terms, redact_dialogue, select_calls
+
+    calls = [PlacedCall(**c) for c in json.loads((home / "bench-calls.json").read_text())]
+    dataset_path = Path(nightly["run_dir"]) / "dataset.json"
+    dataset = json.loads(dataset_path.read_text()) if dataset_path.exists() else []
+    in_set = {d["id"]: d for d in dataset}
+    settings = Settings(home=home, today=TODAY, database_url=None)
+    db = Database.from_settings(settings)
+    keep_words, keep_numbers = hotel_terms(load_hotel(settings.hotel_file))
+    dropped: dict[str, str] = {}
+    for dialogue in select_calls(
+        db, since=None, require_consent=settings.nightly_require_consent, now=utcnow()
+    ).dialogues:
+        outcome = redact_dialogue(dialogue, keep_words=keep_words, keep_numbers=keep_numbers)
+        if isinstance(outcome, Dropped):
+            dropped[outcome.call_id] = outcome.reason
+    db.close()
+    per_kind: dict[str, Counter[str]] = defaultdict(Counter)
+    examples: dict[str, list[str]] = defaultdict(list)
+    leaks: list[dict[str, str]] = []
+    for call in calls:
+        row = per_kind[call.kind]
+        row["placed"] += 1
+        if call.call_id in in_set:
+            row["in_dataset"] += 1
+            leaks += _leaks(call, in_set[call.call_id])
+        elif call.call_id in dropped:
+            row[f"dropped:{dropped[call.call_id]}"] += 1
+            if len(examples[call.kind]) < 3:
+                examples[call.kind].append(f"{call.call_id} ({dropped[call.call_id]}; acts {call.acts})")
+        else:
+            row["duplicate, capped or no reply"] += 1
+    return {
+        "per_kind": {kind: dict(row) for kind, row in sorted(per_kind.items())},
+        "dropped_examples": dict(examples),
+        "leaks": leaks,
+        "dataset_dialogues": len(dataset),
+    }
+
+
+_DIGIT_WORDS = {w: str(i) for i, w in enumerate(NUMBER_WORDS[:10])} | {"oh": "0"}
+
+
+def _digits(text: str) -> str:
+    """The digits of a text, spoken digit words included ("two zero seven" → "207")."""
+    words = re.findall(r"[a-z]+|\d", text.lower())
+    return "".join(_DIGIT_WORDS.get(w, w) for w in words if w.isdigit() or w in _DIGIT_WORDS)
+
+
+def _leaks(call: PlacedCall, dialogue: dict[str, Any]) -> list[dict[str, str]]:
+    found = []
+    for role, text in dialogue["turns"]:
+        digits = _digits(text)
+        for kind, values in call.secrets.items():
+            for value in values:
+                if kind == "name":
+                    hit = re.search(rf"\b{re.escape(value)}\b", text, re.I)
+                elif kind == "code":
+                    hit = re.search(rf"\b{re.escape(value)}\b", text, re.I) or "-".join(value) in text.upper()
+                else:  # phone or card: its digits in a row, however they were written or said
+                    hit = value[-7:] in digits
+                if hit:
+                    found.append({"call_id": call.call_id, "kind": kind, "role": role, "text": text})
+    return found
+
+
+# ====================================================================== the parent
+
+
+def main() -> None:
+    args = _parse()
+    if args.one_size is not None:  # a child: one stage of one size
+        run_child_stage(args)
+        return
+    root_ctx = tempfile.TemporaryDirectory(prefix="innkeeper-nightly-") if args.home is None else None
+    root = Path(args.home or root_ctx.name)  # type: ignore[union-attr]
+    sizes: list[dict[str, Any]] = []
+    swap = None
+    try:
+        for n in args.calls:
+            sizes.append(measure_size(args, root / f"calls-{n}", n))
+            save(args, root, sizes, None)  # a later failure keeps what was measured
+        if args.swap:
+            swap = _child(args, sizes[-1]["calls"] if sizes else 0, "swap", *_swap_source(args, root, sizes))
+    finally:
+        if root_ctx is not None and not args.keep:
+            root_ctx.cleanup()
+        elif root_ctx is not None:
+            console.print(f"kept {root}")
+    print_tables(sizes, swap)
+    save(args, root, sizes, swap)
+    console.print(f"wrote {args.out}")
+
+
+def run_child_stage(args: argparse.Namespace) -> None:
+    """One stage of one size, in this (child) process; the result is the last stdout line, after 'RESULT '."""
+    home = Path(args.home)
+    stages = {"calls": run_calls_stage, "nightly": run_nightly_stage, "audit": run_audit_stage}
+    result = (stages | {"swap": run_swap_stage})[args.stage](args, home)
+    if args.stage == "nightly":  # the audit stage reads it
+        (home / "bench-nightly.json").write_text(json.dumps(result, default=str))
+    print("RESULT " + json.dumps(result, default=str))
+
+
+def measure_size(args: argparse.Namespace, home: Path, n: int) -> dict[str, Any]:
+    """Calls, the nightly job and the audit for one corpus size, each stage in its own process."""
+    if home.exists() and any(home.iterdir()):
+        raise SystemExit(f"{home} is not empty: each size needs a fresh INNKEEPER_HOME")
+    home.mkdir(parents=True, exist_ok=True)
+    console.print(f"[bold]{n} calls[/] in {home}")
+    generated = _child(args, n, "calls", home)
+    console.print(
+        f"  placed {generated['calls']} calls ({generated['caller_turns']} caller turns) in "
+        f"{generated['seconds']:.1f} s; {generated['kinds']}"
+    )
+    nightly = _child(args, n, "nightly", home)
+    console.print(f"  nightly: {nightly['status']} in {nightly['total_s']:.1f} s {nightly['note']}")
+    checked = _child(args, n, "audit", home)
+    return {"calls": n, "home": str(home), "generation": generated, "nightly": nightly, "audit": checked}
+
+
+def _swap_source(args: argparse.Namespace, root: Path, sizes: list[dict[str, Any]]) -> tuple[Path, list[str]]:
+    """Where the swap runs (the largest size's home) and what it swaps to (that run's registered version)."""
+    if not sizes:
+        home = root / "swap"
+        home.mkdir(parents=True, exist_ok=True)
+        return home, []
+    nightly = sizes[-1]["nightly"]
+    if args.swap_artifact or not nightly.get("artifact"):
+        return Path(sizes[-1]["home"]), []
+    extra = ["--swap-artifact", nightly["artifact"], "--swap-version", nightly["version_id"]]
+    return Path(sizes[-1]["home"]), [*extra, "--swap-base", nightly["base_dir"]]
+
+
+def save(args: argparse.Namespace, root: Path, sizes: list[dict[str, Any]], swap: dict[str, Any] | None) -> None:
+    result = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": _machine(),
+        "options": {k: v for k, v in vars(args).items() if k not in ("one_size", "stage")},
+        "model": "tiny random model (--tiny)" if args.tiny else (args.base or "bundled (settings default)"),
+        "today": TODAY.isoformat(),
+        "settings": _settings_used(args, root),
+        "sizes": sizes,
+        "swap": swap,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+
+
+def _child(args: argparse.Namespace, n: int, stage: str, home: Path, extra: list[str] | None = None) -> dict:
+    """Run one stage in a fresh interpreter (its own peak RSS); its JSON result comes on a 'RESULT' line."""
+    options = {
+        "--one-size": n,
+        "--stage": stage,
+        "--home": home,
+        "--seed": args.seed,
+        "--workers": args.workers,
+        "--steps": args.steps,
+        "--eval-size": args.eval_size,
+        "--base": args.base,
+        "--threads": args.threads,
+        "--swap-warm-turns": args.swap_warm_turns,
+        "--swap-after-turns": args.swap_after_turns,
+        "--swap-max-turns": args.swap_max_turns,
+        "--swap-artifact": args.swap_artifact,
+    }
+    command = [sys.executable, str(Path(__file__).resolve())]
+    command += [str(part) for flag, value in options.items() if value is not None for part in (flag, value)]
+    command += ["--tiny"] * args.tiny + (extra or [])
+    started = time.perf_counter()
+    # stdout carries the result; stderr (the job's step lines, warnings, tracebacks) shows as it happens
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = done.stdout.splitlines()
+    result = next((json.loads(line[7:]) for line in reversed(lines) if line.startswith("RESULT ")), None)
+    if done.returncode != 0 or result is None:
+        console.print(done.stdout[-4000:], markup=False)
+        raise SystemExit(f"stage {stage} for {n} calls failed (exit {done.returncode})")
+    result["process_wall_s"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def print_tables(sizes: list[dict[str, Any]], swap: dict[str, Any] | None) -> None:
+    if sizes:
+        steps = Table(title="Nightly job per size (seconds; peak RSS of the job's own process)")
+        steps.add_column("")
+        for size in sizes:
+            steps.add_column(f"{size['calls']} calls", justify="right")
+        rows: list[tuple[str, Any]] = [
+            ("call generation (not in the job)", lambda s: f"{s['generation']['seconds']:.1f}"),
+            ("  ms per call", lambda s: f"{s['generation']['ms_per_call']:.0f}"),
+            *[(f"{step}", _step(step)) for step in ("curate", "train", "evaluate", "gate", "register", "promote")],
+            ("total (run_nightly)", lambda s: f"{s['nightly']['total_s']:.1f}"),
+            ("process incl. imports", lambda s: f"{s['nightly']['process_wall_s']:.1f}"),
+            ("peak RSS, MB (getrusage / VmHWM)", _rss),
+            ("training steps", lambda s: str(s["nightly"]["train"].get("steps", "—"))),
+            ("status / gate", _gate),
+        ]
+        for label, cell in rows:
+            steps.add_row(label, *(cell(s) for s in sizes))
+        console.print(steps)
+        counts = Table(title="Curation (run_nightly's counts)")
+        counts.add_column("count")
+        for size in sizes:
+            counts.add_column(f"{size['calls']} calls", justify="right")
+        keys: list[str] = []
+        for size in sizes:
+            keys += [k for k, v in size["nightly"]["counts"].items() if k not in keys and v]
+        for key in keys:
+            counts.add_row(key, *(str(s["nightly"]["counts"].get(key, 0)) for s in sizes))
+        console.print(counts)
+        for size in sizes:
+            audit_table = Table(title=f"{size['calls']} calls: what became of each kind of call (audit)")
+            audit_table.add_column("kind")
+            columns = sorted({k for row in size["audit"]["per_kind"].values() for k in row} - {"placed", "in_dataset"})
+            for column in ("placed", "in_dataset", *columns):
+                audit_table.add_column(column, justify="right")
+            for kind, row in size["audit"]["per_kind"].items():
+                audit_table.add_row(kind, *(str(row.get(c, 0)) for c in ("placed", "in_dataset", *columns)))
+            console.print(audit_table)
+            leaks = size["audit"]["leaks"]
+            colour = "red" if leaks else "green"
+            console.print(f"[{colour}]personal data of the generated calls found in dataset.json: {len(leaks)}[/]")
+            for leak in leaks[:5]:
+                console.print(f"  {leak}", markup=False)
+    if swap:
+        table = Table(title=f"Model swap during LLM-worded turns ({swap['artifact_source']})")
+        table.add_column("measure")
+        table.add_column("value", justify="right")
+        for label, value in _swap_rows(swap):
+            table.add_row(label, value)
+        console.print(table)
+
+
+def _swap_rows(swap: dict[str, Any]) -> list[tuple[str, str]]:
+    s = swap
+    verdict = "[green]met[/]" if s["met"] else "[red]missed[/]"
+    if not s["met"] and s["worst_turn_ms"] <= s["before_max_ms"]:
+        verdict += " (within the spread of turns with no swap: repeat on a quiet machine)"
+    before = f"{s['median_before_ms']:.0f} / {s['before_p90_ms']:.0f} / {s['before_max_ms']:.0f}"
+    return [
+        ("versions", f"{s['old_version']} → {s['new_version']}"),
+        ("turns: before / during the load / total", f"{s['turns_before']} / {s['turns_during_load']} / {s['turns']}"),
+        ("turns that used the LLM", f"{100 * s['llm_used_share']:.0f}%"),
+        (f"turns that hit the first-sentence budget ({s['first_sentence_budget_ms']} ms)", str(s["turns_at_budget"])),
+        ("load of the new version (worker thread, s)", f"{s['load_s']:.2f}"),
+        ("reference swap pause (ms)", f"{s['pause_ms']:.4f}"),
+        ("gap: last old turn's end → first new turn's start (ms)", f"{s['gap_ms']:.2f}"),
+        ("turns before the swap: median / p90 / max (ms)", before),
+        ("turn in progress when the swap landed (ms)", _ms(s["spanning_turn_ms"])),
+        (
+            "turns during the load: median / max (ms)",
+            f"{_ms(s['during_load_median_ms'])} / {_ms(s['during_load_max_ms'])}",
+        ),
+        ("first turn on the new version (ms)", f"{s['first_new_turn_ms']:.0f}"),
+        ("median turn on the new version (ms)", f"{s['median_after_ms']:.0f}"),
+        ("worst excess over the same line's median before (ms)", f"{s['worst_excess_ms']:.0f}"),
+        (f"target: no turn slower by more than {s['target_ms']:.0f} ms", verdict),
+    ]
+
+
+def _rss(size: dict[str, Any]) -> str:
+    nightly = size["nightly"]
+    hwm = nightly.get("vm_hwm_mb")
+    return f"{nightly['peak_rss_mb']:.0f} / " + ("—" if hwm is None else f"{hwm:.0f}")
+
+
+def _step(step: str):
+    return lambda s: f"{s['nightly']['seconds'].get(step, 0.0):.1f}" if step in s["nightly"]["seconds"] else "—"
+
+
+def _gate(size: dict[str, Any]) -> str:
+    nightly = size["nightly"]
+    gate = nightly.get("gate") or {}
+    reasons = "; ".join(gate.get("reasons", []))
+    return f"{nightly['status']}" + (f" ({reasons[:60]})" if reasons else "")
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0f}"
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident set (Linux reports KiB).
+
+    Linux starts a forked child's ru_maxrss at the parent's resident size, which is why the parent process
+    never loads torch or a model: its own few tens of MB are the floor of every figure.
+    """
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _vm_hwm_mb() -> float | None:
+    """The peak resident set of this program's own memory map (/proc VmHWM; reset by exec), as a cross-check."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+    return int(match[1]) / 1024 if match else None
+
+
+def _machine() -> dict[str, Any]:
+    """Without importing torch here: the parent stays small, since a child's ru_maxrss starts at its parent's."""
+    from importlib.metadata import version
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": version("torch"),
+    }
+
+
+def _settings_used(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """The settings the stages ran with (built as they build them), and the training overrides."""
+    s = stage_settings(args, root, model=False)
+    fields = ("llm_model", "tune_method", "tune_steps", "tune_lr", "tune_batch_size", "tune_eps", "tune_row_budget")
+    fields += ("nightly_steps", "nightly_eval_size", "nightly_heldout_fraction", "nightly_max_calls_per_caller")
+    fields += ("nightly_min_calls", "llm_max_new_tokens", "llm_first_sentence_ms", "llm_threads")
+    used = {name: getattr(s, name) for name in fields}
+    used |= {name: value for name, value in s.model_dump().items() if name.startswith("gate_")}
+    overrides = {**(TINY_OVERRIDES if args.tiny else {}), **({"steps": args.steps} if args.steps else {})}
+    used["training overrides"] = overrides
+    used["corpus size"] = TINY_SIZE if args.tiny else "tuning.pipeline.CorpusSize() defaults"
+    return used
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, nargs="*", default=[100, 1000], help="corpus sizes (logged calls)")
+    parser.add_argument("--base", help="model directory to start from (llm_model), e.g. a guarded base")
+    parser.add_argument("--steps", type=int, help="optimizer steps of the nightly training (default: settings)")
+    parser.add_argument("--eval-size", choices=("tiny", "small", "medium", "large"), help="gate suite (default small)")
+    parser.add_argument(
+        "--tiny", action="store_true", help="tiny random model, tiny corpus, 2 steps: checks the script"
+    )
+    parser.add_argument("--swap", action=argparse.BooleanOptionalAction, default=True, help="measure the model swap")
+    parser.add_argument("--swap-artifact", help="delta artifact to swap to (default: the largest size's nightly one)")
+    parser.add_argument("--swap-warm-turns", type=int, default=24, help="turns on the old model before the swap")
+    parser.add_argument("--swap-after-turns", type=int, default=12, help="turns on the new model after it")
+    parser.add_argument("--swap-max-turns", type=int, default=400)
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="calls placed concurrently (on 2 cores more do not help; 1 is reproducible)",
+    )
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--home", help="parent folder for the per-size homes (kept); default: a temp dir")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (its path is printed)")
+    parser.add_argument("--out", default=str(RESULTS), help="where the JSON goes")
+    # internal: one stage of one size in a child process
+    parser.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--stage", choices=("calls", "nightly", "audit", "swap"), help=argparse.SUPPRESS)
+    parser.add_argument("--swap-base", help=argparse.SUPPRESS)
+    parser.add_argument("--swap-version", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.tiny and not args.threads:
+        args.threads = 1  # the tiny model is dispatch-bound; OpenMP spinning on a busy box costs 100x (conftest)
+    return args
+
+
+if __name__ == "__main__":
+    main()
