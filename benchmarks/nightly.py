@@ -22,18 +22,23 @@ stage's own peak):
    every turn during the load against the median turn before the swap (target: none slower by more than
    50 ms), the load time and the reference swap's pause.
 
-Prints tables and writes `benchmarks/results/nightly.json` (or --out).
+Prints tables and writes `benchmarks/results/nightly.json` (`nightly_tiny.json` with --tiny; or --out).
 
     .venv/bin/python benchmarks/nightly.py                                # 100 and 1000 calls, bundled model, swap
-    .venv/bin/python benchmarks/nightly.py --base ~/.innkeeper/tuning/guarded/model   # from a guarded base
+    .venv/bin/python benchmarks/nightly.py --base .innkeeper/tuning/guarded/model    # from a guarded base
     .venv/bin/python benchmarks/nightly.py --tiny --calls 20 60           # quick check of the script itself
 
 The base model is the bundled SmolLM2-135M unless `--base` names a model directory (a guarded base made by
 `innkeeper tune align`); the defaults of the job (steps, eval suite, gate budgets) are the settings' unless
-`--steps` / `--eval-size` override them. `--tiny` uses a tiny random model, a tiny corpus and 2 steps: its
-timings say nothing about the real job. Caveat: the simulated caller runs in the same process as the brain
-during call generation, and the swap measurement runs model loading and generation on the same cores, as a
-serving process does.
+`--steps` / `--eval-size` override them. `--tiny` uses a tiny random model, a tiny corpus, 2 steps, a gate
+that lets it through and one torch thread: its timings say nothing about the real job. `--home DIR` keeps
+every size's home (database, nightly run, registry) for inspection; calls are placed one at a time by
+default (`--workers`), which keeps a run reproducible and on two cores is no slower.
+
+Caveats: the simulated caller runs in the same process as the brain during call generation; the swap
+measurement loads the new model and generates on the same cores, as a serving process does; text turns
+that wait `llm_first_sentence_ms` (2.5 s) for a grounded sentence speak the template, so their latency is
+that budget (the swap table counts them).
 """
 
 from __future__ import annotations
@@ -1185,13 +1190,15 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--home", help="parent folder for the per-size homes (kept); default: a temp dir")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (its path is printed)")
-    parser.add_argument("--out", default=str(RESULTS), help="where the JSON goes")
+    parser.add_argument("--out", help=f"where the JSON goes (default {RESULTS}; with --tiny nightly_tiny.json)")
     # internal: one stage of one size in a child process
     parser.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--stage", choices=("calls", "nightly", "audit", "swap"), help=argparse.SUPPRESS)
     parser.add_argument("--swap-base", help=argparse.SUPPRESS)
     parser.add_argument("--swap-version", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    # a quick check of the script never overwrites the real measurement
+    args.out = args.out or str(RESULTS.with_name("nightly_tiny.json") if args.tiny else RESULTS)
     if args.tiny and not args.threads:
         args.threads = 1  # the tiny model is dispatch-bound; OpenMP spinning on a busy box costs 100x (conftest)
     return args
