@@ -85,6 +85,7 @@ class ReplyPlan:
         return " ".join(self.sentences)
 
 
+_QUESTION_ACTS = frozenset({"clarify", "change_what", "confirm_again", "confirm_cancel", "offer_rooms"})
 _ANOTHER_BOOKING = re.compile(r"\b(another|second|one more|new|also|as well|too)\b", re.I)
 
 
@@ -122,8 +123,8 @@ class DialogueManager:
         repeated = plan.text == self._last_reply
         self._repeats = self._repeats + 1 if repeated else 0
         self._last_reply = plan.text
-        if not repeated or plan.end_call:
-            return plan
+        if not repeated or not (plan.act.startswith("ask") or plan.act in _QUESTION_ACTS):
+            return plan  # an answer, a refusal or a warning asked for twice is simply given twice
         lead = "Got it." if self._draft_changed else "Sorry, I didn't catch that."
         tail = ["You can also say 'front desk' to speak with a colleague."] if self._repeats >= 2 else []
         return replace(plan, sentences=[lead, *plan.sentences, *tail])
@@ -151,7 +152,7 @@ class DialogueManager:
         if meaning.topics and (meaning.is_question or not self.pending) and not self._is_slot_answer(meaning):
             answers = self._answer_topics(meaning.topics)
         plan = self._advance(text, meaning)
-        if answers and plan.act == "clarify":
+        if answers and plan.act in {"clarify", "greet"}:
             return ReplyPlan("answer_question", [*answers, "Is there anything else I can help with?"])
         plan.sentences[:0] = answers
         return plan

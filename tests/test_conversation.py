@@ -318,3 +318,22 @@ def test_a_cut_confirmation_is_said_again_after_the_tail_of_the_callers_yes(runt
     again = asyncio.run(run())
     booking = runtime.tools.list_bookings()[0]
     assert again.startswith("Sorry, as I was saying") and booking.code in again
+
+
+@pytest.mark.parametrize(
+    ("question", "answer_word"),
+    [
+        ("What's your cancellation policy?", "cancellation"),
+        ("Can I cancel for free?", "cancellation"),
+        ("Hi, is breakfast included?", "breakfast"),
+        ("Hi there, quick question: when can we check in?", "check-in"),
+        ("When do I have to check out?", "check-out"),
+        ("How late is check-out?", "check-out"),
+    ],
+)
+def test_questions_are_answered_not_taken_for_requests(runtime, question, answer_word):
+    replies, _ = talk(runtime, [question, question])
+    for reply in replies:  # asked twice, answered twice, the same way
+        assert answer_word in reply.lower(), replies
+        assert "confirmation code" not in reply and "thank you for calling" not in reply.lower()
+    assert replies[0] == replies[1]

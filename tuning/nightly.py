@@ -169,8 +169,13 @@ def _curate(settings: Settings, db: Database, run: NightlyRun, force: bool, repo
     new_calls = sorted(set(curation.call_ids) - set(last.get("call_ids", [])))
     counts = {**curation.counts, "eligible": len(curation.dialogues), "new_since_last_run": len(new_calls)}
     report.counts = counts
-    if len(curation.dialogues) < settings.nightly_min_calls or (not new_calls and not force):
-        why = "no eligible calls" if not curation.dialogues else "no new eligible calls since the last run"
+    trainable = len(curation.dialogues) - len(held_out)
+    if trainable < settings.nightly_min_calls or (not new_calls and not force):
+        why = (
+            "no new eligible calls since the last run"
+            if trainable >= settings.nightly_min_calls
+            else f"{trainable} eligible calls outside the held-out share (need {settings.nightly_min_calls})"
+        )
         report.note = f"nothing to learn: {why} ({counts})"
         return None
     _write_json(run.dir / "dataset.json", [asdict(d) for d in curation.dialogues])

@@ -65,7 +65,16 @@ TOPIC_WORDS: dict[str, tuple[str, ...]] = {
     "gym": ("gym", "fitness", "workout"),
     "shuttle": ("shuttle",),
     "restaurant": ("restaurant", "dinner", "eat", "food"),
-    "cancellation": ("cancellation policy", "cancel policy", "refund", "free cancellation"),
+    "cancellation": (
+        "cancellation policy",
+        "cancel policy",
+        "refund",
+        "free cancellation",
+        "cancel for free",
+        "cancellation fee",
+        "if i cancel",
+        "if we cancel",
+    ),
     "pets": ("pet", "pets", "dog", "dogs", "cat"),
     "smoking": ("smoke", "smoking"),
     "children": ("child", "children", "kids", "kid", "baby"),
@@ -76,12 +85,24 @@ TOPIC_WORDS: dict[str, tuple[str, ...]] = {
         "check-out time",
         "check out time",
         "what time can i check",
+        "what time can we check",
         "when can i check",
+        "when can we check",
         "what time is check",
         "when is check",
+        "how late is check",
+        "how early is check",
+        "have to check out",
+        "need to check out",
+        "late check-out",
+        "late checkout",
+        "early check-in",
     ),
     "address": ("address", "where are you", "where is the hotel", "located", "location", "directions"),
 }
+_CANCEL_MY_BOOKING = re.compile(
+    r"\b(?:cancel|cancell?ing) (?:my|our|the|a|this) (?:booking|reservation|room|stay)\b", re.I
+)
 _QUESTION_CUE = re.compile(r"\?|^\s*(what|when|where|how|is|are|do|does|can|could|will|any)\b", re.I)
 
 ROOM_WORDS: dict[str, tuple[str, ...]] = {
@@ -201,6 +222,8 @@ class TurnMeaning:
 def read_turn(text: str) -> TurnMeaning:
     intents = frozenset(i for i, pattern in _INTENT_PATTERNS.items() if pattern.search(text))
     topics = tuple(topic for topic, words in TOPIC_WORDS.items() if _mentions_any(text, words))
+    if "cancellation" in topics and not _CANCEL_MY_BOOKING.search(text):
+        intents -= {Intent.CANCEL}  # "what's your cancellation policy?" asks about cancelling, it does not cancel
     return TurnMeaning(
         intents=intents,
         affirm=_affirmation(text),
