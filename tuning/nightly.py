@@ -192,6 +192,8 @@ def _train(settings: Settings, run: NightlyRun, size: CorpusSize, overrides: dic
     train, heldout, _ = _examples(settings, run)
     base_dir = start_model_dir(settings)
     cfg = tune_config(settings, **{"steps": settings.nightly_steps, **overrides})
+    if "eval_every" not in overrides:  # the evaluate step measures the candidate: no periodic evaluation
+        cfg = cfg.model_copy(update={"eval_every": cfg.steps})
     lineage = {
         "call_ids": sorted({e.dialogue_id for e in train}),
         "heldout_call_ids": run.output("curate")["held_out"],
