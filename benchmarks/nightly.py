@@ -26,6 +26,7 @@ Prints tables and writes `benchmarks/results/nightly.json` (`nightly_tiny.json` 
 
     .venv/bin/python benchmarks/nightly.py                                # 100 and 1000 calls, bundled model, swap
     .venv/bin/python benchmarks/nightly.py --base .innkeeper/tuning/guarded/model    # from a guarded base
+    .venv/bin/python benchmarks/nightly.py --warm-cache .innkeeper/tuning # reuse a calibration made before
     .venv/bin/python benchmarks/nightly.py --tiny --calls 20 60           # quick check of the script itself
 
 The base model is the bundled SmolLM2-135M unless `--base` names a model directory (a guarded base made by
@@ -947,6 +948,10 @@ def measure_size(args: argparse.Namespace, home: Path, n: int) -> dict[str, Any]
     if home.exists() and any(home.iterdir()):
         raise SystemExit(f"{home} is not empty: each size needs a fresh INNKEEPER_HOME")
     home.mkdir(parents=True, exist_ok=True)
+    if args.warm_cache:  # a base's calibration and protected corpus are computed once, not every night
+        (home / "tuning").mkdir()
+        for part in ("cache", "calibration"):
+            (home / "tuning" / part).symlink_to(Path(args.warm_cache).resolve() / part)
     console.print(f"[bold]{n} calls[/] in {home}")
     generated = _child(args, n, "calls", home)
     console.print(
@@ -1186,6 +1191,11 @@ def _parse() -> argparse.Namespace:
         type=int,
         default=1,
         help="calls placed concurrently (on 2 cores more do not help; 1 is reproducible)",
+    )
+    parser.add_argument(
+        "--warm-cache",
+        help="an INNKEEPER_HOME/tuning folder whose cache/ and calibration/ (protected corpus, bases) every size "
+        "reuses: the steady state of a nightly job, which calibrates once per base",
     )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--home", help="parent folder for the per-size homes (kept); default: a temp dir")
