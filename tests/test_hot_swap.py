@@ -11,18 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
 import torch
-import uvicorn
 from transformers import AutoModelForCausalLM
 
 from agent.llm import ChatModel
@@ -33,8 +31,9 @@ from innkeeper.model_admin import NO_LLM, AdminError, ModelAdmin
 from innkeeper.registry import ModelRegistry, ModelVersion, VersionStatus
 from innkeeper.server import create_app
 from innkeeper.settings import Settings
-from telephony import plain_protocol
 from tuning.artifacts import DELTA_FILE, save_delta, weights_sha256
+
+from .conftest import serving
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -364,29 +363,6 @@ def test_without_an_llm_swaps_are_refused(settings, sqlite_db, registry, artifac
 
 
 # ------------------------------------------------------------------------------------------ live server
-
-
-@contextlib.contextmanager
-def serving(app) -> Iterator[str]:
-    """The app under uvicorn in a thread, on a free port: yields its http base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app, ws_max_size=plain_protocol.MAX_BINARY_MESSAGE_BYTES + 1024, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started and time.monotonic() < deadline and thread.is_alive():
-        time.sleep(0.05)
-    assert server.started, "server did not start"
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def http(method: str, url: str, token: str | None = None) -> tuple[int, dict]:

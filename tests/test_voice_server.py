@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import socket
-import threading
 import time
 import wave
 from collections.abc import Iterator
@@ -18,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-import uvicorn
 import websockets
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
@@ -31,6 +28,8 @@ from innkeeper.settings import Settings
 from telephony import plain_protocol
 from telephony.codec import pcm16_to_bytes
 from telephony.resample import resample
+
+from .conftest import serving
 
 pytestmark = pytest.mark.real_model
 
@@ -66,22 +65,8 @@ def live_server(tmp_path_factory, speech_models) -> Iterator[LiveServer]:
     settings = Settings(home=home, today="2026-11-26", twilio_auth_token=AUTH_TOKEN, llm_model="none")
     runtime = AgentRuntime.from_settings(settings, use_llm=False)
     app = create_app(settings, runtime=runtime, models=speech_models)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app, ws_max_size=plain_protocol.MAX_BINARY_MESSAGE_BYTES + 1024, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "server did not start"
-    yield LiveServer(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", runtime, app)
-    server.should_exit = True
-    thread.join(timeout=30)
+    with serving(app) as host:
+        yield LiveServer(f"http://{host}", f"ws://{host}", runtime, app)
 
 
 @pytest.fixture(scope="module")
