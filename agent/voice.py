@@ -44,6 +44,7 @@ _WORD = re.compile(r"[a-z']+")
 # A "yes" or "okay" said as the agent's last words play is an answer, not a backchannel: it is dropped only
 # while more of the reply is to come or more than this much of its audio is still to play.
 BACKCHANNEL_TAIL_S = 0.5
+HANGUP_ASR_WAIT_S = 30.0  # how long a hang-up waits for the caller's last turns to be recognised
 # Pieces synthesized ahead of the one playing: enough that a slow piece on a loaded CPU leaves no gap.
 SYNTH_AHEAD = 2
 TRANSFER_LINE = "Of course, I'm transferring you to the front desk now. Please hold."
@@ -297,6 +298,7 @@ class VoiceCall:
         self._reply: asyncio.Task[None] | None = None
         self._reply_cut = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
+        self._heard: set[asyncio.Task] = set()  # recognising finished caller turns: a hang-up waits for these
         self._marks = 0
         self._spoken: list[str] = []
         self._reply_first_segment = 0
@@ -341,11 +343,20 @@ class VoiceCall:
         audio = self.endpointer.current_audio() if fragment else None
         now = self.clock()
         await self._stop_reply(now, reason="hangup")
-        for task in list(self._tasks):
+        heard = set(self._heard)
+        running = [task for task in self._tasks if task not in heard]
+        for task in running:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*running, return_exceptions=True)
         # A reply cut by the hang-up is logged with the words that had played.
         await self.conversation.finish_reply(self.playback.heard_text(now, self._reply_first_segment), interrupted=True)
+        # Turns the caller finished before hanging up are still being recognised (slow on a busy machine):
+        # they are the caller's last words, so they are logged, after the reply they came after.
+        if heard:
+            _, late = await asyncio.wait(heard, timeout=HANGUP_ASR_WAIT_S)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         if audio is not None and len(audio):
             # An utterance cut by the hang-up is still a turn the caller said.
             transcript = await asyncio.to_thread(self.models.recognizer.transcribe, audio)
@@ -370,7 +381,8 @@ class VoiceCall:
         elif event.kind is EventKind.END:
             utterance, self._utterance = self._utterance or _Utterance(started_at=now), None
             speech_end = now - event.silence_ms / 1000.0
-            self._spawn(self._finish_utterance(utterance, event.audio, speech_end, now, event.speech_ms))
+            task = self._spawn(self._finish_utterance(utterance, event.audio, speech_end, now, event.speech_ms))
+            self._heard.update(t for t in (task, utterance.early) if t is not None)
 
     async def _finish_utterance(
         self, utterance: _Utterance, audio: npt.NDArray[np.float32], speech_end: float, ended: float, speech_ms: float
@@ -381,6 +393,9 @@ class VoiceCall:
         asr_done = self.clock()
         if not transcript.text:
             return  # noise, or a hallucination dropped by the recogniser
+        if self._closing:
+            await self.conversation.log_caller_fragment(transcript.text, {"cut_by_hangup": 1.0})
+            return
         if self._is_backchannel(transcript.text) and self._talking_on():
             return  # "mhm" while the agent talks: the caller is listening, not taking the turn
         if self._agent_busy():
@@ -396,6 +411,9 @@ class VoiceCall:
         previous = self._reply
         if previous is not None and not previous.done():
             await asyncio.gather(previous, return_exceptions=True)  # a reply being cut finishes first
+        if self._closing:  # the caller hung up while the previous reply was being cut
+            await self.conversation.log_caller_fragment(transcript.text, {"cut_by_hangup": 1.0})
+            return
         self._reply = self._spawn(self._answer(transcript.text, speech_end, timings))
 
     def _maybe_barge_in_or_partial(self) -> None:
@@ -642,6 +660,7 @@ class VoiceCall:
 
     def _task_done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
+        self._heard.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("call %s: voice task failed", self.conversation.call_id, exc_info=task.exception())
 

@@ -76,13 +76,16 @@ class CallerLine:
     """One thing the caller says: mono int16 audio at `rate`, and its text for display (None for a wav file).
 
     `start_after_agent_audio_ms` makes this a barge-in: instead of waiting for the agent's previous reply
-    to finish, start speaking that many ms after that reply's audio began.
+    to finish, start speaking that many ms after that reply's audio began. `after` holds the line back
+    until the event is set as well (a script that waits for something outside the call, e.g. an
+    operator's action, while the line stays open).
     """
 
     audio: Pcm16
     rate: int
     text: str | None = None
     start_after_agent_audio_ms: int | None = None
+    after: asyncio.Event | None = None
 
 
 def lines_from_text(texts: Iterable[str], synthesizer: Synthesizer) -> list[CallerLine]:
@@ -578,6 +581,8 @@ class _Call:
     # -- the script's steps
 
     async def _wait_for_turn(self, line: CallerLine, reply_began: float | None) -> None:
+        if line.after is not None:
+            await line.after.wait()
         if reply_began is None:
             return  # nothing to wait for: the agent did not answer
         if line.start_after_agent_audio_ms is None:

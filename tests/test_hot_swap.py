@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import threading
 import time
@@ -443,18 +444,23 @@ def test_three_calls_survive_a_promotion_through_the_admin_api(tmp_path, sqlite_
             return answered
 
         async def scenario():
+            # Each caller says their first line, then holds the line until the promotion has answered: the
+            # swap happens mid-call on every call however slow the machine is.
+            promoted = asyncio.Event()
+            held = [[first, *(dataclasses.replace(line, after=promoted) for line in rest)] for first, *rest in lines]
             calls = [
-                asyncio.create_task(place_call(f"ws://{host}/ws/call", script, protocol="plain")) for script in lines
+                asyncio.create_task(place_call(f"ws://{host}/ws/call", script, protocol="plain")) for script in held
             ]
             deadline = time.monotonic() + 120
             while answered_calls() < len(calls) and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
-            assert len(app.state.services.active) == 3, "the calls ended before the swap"
+            assert answered_calls() == len(calls) == len(app.state.services.active), "a call was not answered"
             before = datetime.now(UTC)
             status, body = await asyncio.to_thread(
                 http, "POST", f"http://{host}/admin/models/{tuned.id}/promote", TOKEN
             )
             after = datetime.now(UTC)
+            promoted.set()
             reports = await asyncio.gather(*calls)
             return reports, (status, body), before, after
 

@@ -27,11 +27,13 @@ from agent.vad import (
     EventKind,
     Resumed,
     SpeechStart,
+    VadStream,
     default_vad,
     silero_model_path,
 )
 from innkeeper.provision import ModelIntegrityError
 from innkeeper.settings import Settings
+from telephony.codec import float32_to_pcm16, mulaw_decode, mulaw_encode, pcm16_to_float32
 from telephony.resample import ASR_RATE, resample
 
 RATE = ASR_RATE
@@ -195,13 +197,28 @@ def stream_probs(audio: Audio, rng: np.random.Generator) -> npt.NDArray[np.float
     return np.array(probs, dtype=np.float32)
 
 
-def test_streaming_equals_batch_on_synthetic_audio() -> None:
-    rng = np.random.default_rng(1)
-    t = np.arange(3 * RATE) / RATE
-    audio = (0.3 * np.sin(2 * np.pi * 220 * t * (1 + t)) * (t % 1 < 0.5) + rng.normal(0, 0.01, len(t))).astype(
+def chirps(seconds: float, rng: np.random.Generator) -> Audio:
+    """Half-second chirps every second over faint noise: sound the VAD scores, none of it speech."""
+    t = np.arange(int(seconds * RATE)) / RATE
+    return (0.3 * np.sin(2 * np.pi * 220 * t * (1 + t)) * (t % 1 < 0.5) + rng.normal(0, 0.01, len(t))).astype(
         np.float32
     )
+
+
+def test_streaming_equals_batch_on_synthetic_audio() -> None:
+    rng = np.random.default_rng(1)
+    audio = chirps(1.9, rng)  # shorter than a quiet run that clears the state
+    assert len(audio) // WINDOW < VadStream.QUIET_RESET_WINDOWS
     np.testing.assert_allclose(stream_probs(audio, rng), batch_probs(audio), atol=1e-4)
+
+
+def test_quiet_resets_do_not_depend_on_chunking() -> None:
+    rng = np.random.default_rng(5)
+    audio = chirps(7.0, rng)  # all quiet to the VAD: the state is cleared three times
+    whole = np.array(default_vad().stream().feed(audio), dtype=np.float32)
+    np.testing.assert_allclose(stream_probs(audio, rng), whole, atol=1e-5)
+    # ...and the clearing is visible: past the first quiet run, the probabilities differ from faster-whisper's.
+    assert not np.allclose(whole, batch_probs(audio), atol=1e-4)
 
 
 def test_int16_and_float32_give_the_same_probabilities() -> None:
@@ -280,6 +297,21 @@ def test_a_sentence_in_silence_is_one_turn(say: Callable[[str], Audio]) -> None:
     heard_on, heard_off = audible_span(end.audio)
     assert heard_on + end.audio_start <= onset + 10 * MS and heard_off + end.audio_start >= offset - 10 * MS
     assert config.endpoint_silence_ms <= end.silence_ms < config.endpoint_silence_ms + 32
+
+
+@pytest.mark.real_model
+def test_a_short_word_after_long_digital_silence_opens_the_turn(say: Callable[[str], Audio]) -> None:
+    # A caller who listened to a 25 s read-back in silence (a phone line's silent frames are exact zeros)
+    # says "Yes, please book it.": the "Yes" must be in the turn, as it is after a short silence.
+    phone = mulaw_decode(mulaw_encode(float32_to_pcm16(resample(say("Yes, please book it."), RATE, 8000))))
+    words = pcm16_to_float32(resample(phone, 8000, RATE))
+    turns = {}
+    for quiet_s in (0.5, 25.0):
+        audio = np.concatenate([np.zeros(int(quiet_s * RATE), np.float32), words, silence(1000)])
+        (end,) = ends(push_in_chunks(Endpointer(), audio, 320))
+        turns[quiet_s] = end.start - int(quiet_s * RATE)
+    assert abs(turns[25.0] - turns[0.5]) <= 64 * MS, turns
+    assert turns[25.0] <= 150 * MS, turns  # "Yes" starts the turn, not "please" (~0.6 s later)
 
 
 @pytest.mark.real_model

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
+import re
 import time
 import wave
 from collections.abc import Iterator
@@ -135,19 +137,26 @@ def test_barge_in_clears_within_a_frame_and_logs_only_heard_words(live_server, s
     lines = lines_from_text(["I need a room for two nights starting December seventh.", "Two adults."], synthesizer)
     interrupt = lines_from_text(["Sorry, what was the price of the suite again?"], synthesizer)[0]
     lines.append(CallerLine(interrupt.audio, interrupt.rate, interrupt.text, start_after_agent_audio_ms=1500))
-    report = asyncio.run(place_call(f"{live_server.ws}/twilio/stream", lines, protocol="twilio"))
+    # A patient caller (3 s of quiet before the next line or hanging up): on a busy machine a reply can
+    # stall between sentences, and the barge-in's answer can take seconds.
+    call = place_call(f"{live_server.ws}/twilio/stream", lines, protocol="twilio", gap_after_reply_s=3.0)
+    report = asyncio.run(call)
     assert report.clears, "no clear was sent"
     call_id = live_server.runtime.call_log.find_call("call_sid", report.call_id)
     record = _record(live_server, call_id)
+    transcript = [(t["role"], t["text"]) for t in record["turns"]]
     events = [e for e in record["call"]["meta"]["voice_events"] if e["event"] == "barge_in"]
     assert events and all(e["clear_sent_at"] - e["decided_at"] <= 0.020 for e in events if e["clear_sent_at"] > 0)
     interrupted = [t for t in record["turns"] if t["role"] == "agent" and (t["latencies"] or {}).get("interrupted")]
-    assert interrupted
-    turn = interrupted[0]
+    assert interrupted, transcript
+    turn = interrupted[-1]
     heard, generated = len(turn["text"].split()), turn["latencies"]["generated_words"]
     assert 0 < heard < generated, (turn["text"], generated)
     # The caller's words after the barge-in became their own turn and got an answer.
-    assert any("suite" in t["text"].lower() for t in record["turns"] if t["role"] == "caller")
+    after = record["turns"][record["turns"].index(turn) + 1 :]
+    asked = [t for t in after if t["role"] == "caller" and re.search(r"\b(price|suite)\b", t["text"].lower())]
+    assert asked, transcript
+    assert any(t["role"] == "agent" for t in after[after.index(asked[0]) :]), transcript
 
 
 def test_backchannel_does_not_interrupt(live_server, synthesizer):
@@ -261,22 +270,70 @@ async def _plain_errors(server: LiveServer) -> list[str]:
         return errors
 
 
-async def _disconnect_mid_utterance(server: LiveServer, audio16k: np.ndarray) -> str:
-    ws = await connect(f"{server.ws}/ws/call")
-    await ws.send(json.dumps({"type": "start", "caller": "abrupt"}))
+async def _plain_call_past_the_greeting(url: str, caller: str):
+    """A plain-websocket call that has heard the greeting out (so the caller's words are a turn, not a barge-in)."""
+    ws = await connect(url)
+    await ws.send(json.dumps({"type": "start", "caller": caller}))
     ready = json.loads(await ws.recv())
-    while True:  # wait for the greeting to finish so that the caller's words are a turn, not a barge-in
+    while True:
         message = await asyncio.wait_for(ws.recv(), 20)
         if isinstance(message, str) and json.loads(message)["type"] == "agent_audio_end":
             await ws.send(json.dumps({"type": "playback", "mark": json.loads(message)["mark"], "played_ms": 1}))
-            break
-    half = audio16k[: len(audio16k) * 2 // 3]  # the caller is cut off mid-sentence
+            return ws, ready["call_id"]
+
+
+async def _stream_in_real_time(ws, audio16k: np.ndarray) -> None:
     start = time.monotonic()
-    for i, offset in enumerate(range(0, len(half), 320)):
-        await ws.send(pcm16_to_bytes(half[offset : offset + 320]))
+    for i, offset in enumerate(range(0, len(audio16k), 320)):
+        await ws.send(pcm16_to_bytes(audio16k[offset : offset + 320]))
         await asyncio.sleep(max(0.0, start + (i + 1) * 0.02 - time.monotonic()))
+
+
+async def _disconnect_mid_utterance(server: LiveServer, audio16k: np.ndarray) -> str:
+    ws, call_id = await _plain_call_past_the_greeting(f"{server.ws}/ws/call", "abrupt")
+    await _stream_in_real_time(ws, audio16k[: len(audio16k) * 2 // 3])  # the caller is cut off mid-sentence
     ws.transport.abort()  # no close frame: the line just drops
-    return ready["call_id"]
+    return call_id
+
+
+class _SlowRecognizer:
+    """The bundled recogniser on a machine so busy that each transcription takes `delay_s` longer."""
+
+    def __init__(self, recognizer, delay_s: float) -> None:
+        self._recognizer, self._delay_s = recognizer, delay_s
+
+    def transcribe(self, audio):
+        time.sleep(self._delay_s)
+        return self._recognizer.transcribe(audio)
+
+    def __getattr__(self, name):
+        return getattr(self._recognizer, name)
+
+
+async def _say_then_hang_up(url: str, audio16k: np.ndarray, silence_s: float) -> str:
+    ws, call_id = await _plain_call_past_the_greeting(url, "quick-goodbye")
+    await _stream_in_real_time(ws, np.concatenate([audio16k, np.zeros(int(silence_s * 16000), np.int16)]))
+    await ws.close()
+    return call_id
+
+
+def test_a_turn_still_being_recognised_at_hang_up_is_logged(tmp_path, speech_models, synthesizer):
+    # The caller finishes a sentence, the endpoint fires, and they hang up while recognition is still
+    # running (slow here on purpose): their last words are a turn of the call, not lost with the line.
+    spoken, rate = synthesizer.synthesize("Please send me the price list by email.")
+    slow = dataclasses.replace(speech_models, recognizer=_SlowRecognizer(speech_models.recognizer, 1.5))
+    settings = Settings(home=tmp_path, today="2026-11-26", llm_model="none")
+    runtime = AgentRuntime.from_settings(settings, use_llm=False)
+    app = create_app(settings, runtime=runtime, models=slow)
+    with serving(app) as host:
+        server = LiveServer(f"http://{host}", f"ws://{host}", runtime, app)
+        call_id = asyncio.run(_say_then_hang_up(f"{server.ws}/ws/call", resample(spoken, rate, 16000), silence_s=1.0))
+        _wait_idle(server)
+        record = _record(server, call_id)
+    said = [t for t in record["turns"] if t["role"] == "caller"]
+    assert len(said) == 1 and re.search(r"\be-?mail\b", said[0]["text"].lower()), record["turns"]
+    assert said[0]["latencies"] == {"cut_by_hangup": 1.0}
+    assert record["call"]["end_reason"] == "hangup"
 
 
 def test_bad_input_on_a_live_server_leaves_other_calls_unaffected(live_server, synthesizer):
