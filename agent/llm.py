@@ -49,19 +49,32 @@ class ChatModel:
     while taking turns keeps each reply's latency predictable and the code simple.
     """
 
-    def __init__(self, path_or_id: str | Path, *, threads: int | None = None, version: str | None = None):
+    def __init__(
+        self,
+        path_or_id: str | Path,
+        *,
+        threads: int | None = None,
+        version: str | None = None,
+        tokenizer: Any | None = None,
+    ):
+        """Load the model at `path_or_id`; `tokenizer` reuses one already loaded for the same vocabulary."""
         directory, label = _resolve(path_or_id)
         if threads:
             # Process-wide: torch has one intra-op pool shared by every model in the process.
             torch.set_num_threads(threads)
         self.path = directory
         self.version = version or _version(directory, label)
-        self.tokenizer = AutoTokenizer.from_pretrained(directory)
+        self.tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(directory)
         # float32 even for half-precision checkpoints: bf16 was not faster on CPU here and it changes
         # greedy output (see innkeeper/provision.py).
         self.model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
         self._eos_ids = eos_token_ids(self.model, self.tokenizer)
         self._lock = threading.Lock()
+
+    @property
+    def generating(self) -> bool:
+        """Whether a generation holds the model now (a swap's loader pauses meanwhile)."""
+        return self._lock.locked()
 
     def stream(
         self, messages: Messages, *, max_new_tokens: int, temperature: float = 0.0, stop: list[str] | None = None
@@ -305,6 +318,11 @@ def _resolve(path_or_id: str | Path) -> tuple[Path, str]:
             "Hugging Face cache (nothing is downloaded at run time); set INNKEEPER_LLM_MODEL to 'bundled', "
             "a model directory, or a hub id you have cached"
         ) from None
+
+
+def model_version(path_or_id: str | Path) -> str:
+    """The label a `ChatModel` of this model gets when no version is given."""
+    return _version(*_resolve(path_or_id))
 
 
 def _version(directory: Path, label: str) -> str:

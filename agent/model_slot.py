@@ -1,9 +1,12 @@
 """The serving language model behind one reference, and how a new version gets there safely.
 
-`load_version` builds a ready model (verified delta on its base, warmed up); `ModelSlot.swap_to` runs such a
-loader in a worker thread and, only when it succeeded, replaces the reference in one assignment. A
-conversation reads the reference once at the start of each turn (`agent.brain.Conversation.respond`), so a
-turn in progress finishes on the weights it started with and the next turn gets the new ones.
+`load_version` builds a ready model (verified delta on its base, warmed up); `load_version_beside_calls`
+does the same for a process that is serving calls, with the heavy part (hashing, loading, applying the
+delta, the warm-up generation) in a low-priority child process, so that live turns keep the cores.
+`ModelSlot.swap_to` runs such a loader in a worker thread and, only when it succeeded, replaces the
+reference in one assignment. A conversation reads the reference once at the start of each turn
+(`agent.brain.Conversation.respond`), so a turn in progress finishes on the weights it started with and
+the next turn gets the new ones.
 
 Memory: the slot keeps at most one previous model for an instant rollback, and drops it before loading
 any other version, so at most two models stay resident even while one loads (SmolLM2-135M in float32 is
@@ -13,7 +16,14 @@ about 0.5 GB each). A model that an unfinished turn still streams from lives unt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +39,10 @@ log = logging.getLogger(__name__)
 
 WARMUP_MESSAGES = [{"role": "user", "content": "Hello, do you have a room tonight?"}]
 WARMUP_TOKENS = 4
+LOADER_NICENESS = 19  # the loader process yields the cores to the serving process whenever it wants them
+LOAD_REFUSED = 3  # the loader process's exit status for a version that does not verify or load
+LOADER_POLL_S = 0.01  # how often the loader checks whether a turn has started (or ended)
+SHARED_MEMORY = Path("/dev/shm")
 
 
 class ModelLoadError(RuntimeError):
@@ -81,6 +95,144 @@ def load_version(
     return model
 
 
+def load_version_beside_calls(
+    base_dir: Path,
+    artifact_dir: Path | None,
+    *,
+    version: str | None,
+    tokenizer_from: ChatModel | None = None,
+    scratch: Path | None = None,
+    busy: Callable[[], bool] | None = None,
+) -> ChatModel:
+    """`load_version` for a process that is serving calls; the same checks, errors and result.
+
+    Loading in the serving process itself took ~2.6 s of CPU (hashing the artifact and the base, applying
+    the delta, the warm-up generation) on the cores live turns decode on, and slowed the turns during the
+    load by up to ~1 s. Here a child process does all of that (`main`): lowest CPU priority, one thread,
+    and stopped (SIGSTOP) whenever `busy()` says a turn is being worked on, so it only ever runs in the
+    gaps between turns; it writes the finished weights to `scratch` (/dev/shm when it has room: RAM, not
+    disk). This process then maps them (transformers loads safetensors by mmap: ~0.1 s, no copy), in a gap
+    too, reusing `tokenizer_from`'s tokenizer when given. The child's warm-up generation ran on the same
+    weights, and a second one here measured as slow as any later generation, so there is none here.
+    Blocking: run it in a thread.
+    """
+    from agent.llm import ChatModel, model_version
+
+    try:
+        version = version or model_version(base_dir)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"base model {base_dir} could not be loaded: {exc}") from exc
+    idle = busy or (lambda: False)
+    with tempfile.TemporaryDirectory(prefix="innkeeper-load-", dir=_scratch_dir(scratch)) as tmp:
+        _run_in_loader_process(base_dir, artifact_dir, version, Path(tmp), idle)
+        tokenizer = tokenizer_from.tokenizer if tokenizer_from is not None else None
+        _wait_for_a_gap(idle)
+        try:
+            model = ChatModel(tmp, version=version, tokenizer=tokenizer or _tokenizer(base_dir))
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"the loaded weights of {version} could not be mapped: {exc}") from exc
+    # The mapping outlives the directory: the weights' memory is freed with the model.
+    model.path = Path(base_dir)
+    if tokenizer_from is not None and _shapes(model) != _shapes(tokenizer_from):
+        raise ModelLoadError(f"the loaded weights of {version} do not match the serving model's architecture")
+    return model
+
+
+def _shapes(model: ChatModel) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(tensor.shape) for name, tensor in model.model.state_dict().items()}
+
+
+def _wait_for_a_gap(busy: Callable[[], bool]) -> None:
+    while busy():
+        time.sleep(LOADER_POLL_S)
+
+
+def _tokenizer(base_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(base_dir)
+
+
+def _scratch_dir(scratch: Path | None, need_bytes: int = 2 * 1024**3) -> str | None:
+    """/dev/shm when it has room for a model (small in many containers), else `scratch`, else the temp dir."""
+    if SHARED_MEMORY.is_dir() and shutil.disk_usage(SHARED_MEMORY).free >= need_bytes:
+        return str(SHARED_MEMORY)
+    if scratch is not None:
+        scratch.mkdir(parents=True, exist_ok=True)
+        return str(scratch)
+    return None
+
+
+def _run_in_loader_process(
+    base_dir: Path, artifact_dir: Path | None, version: str, out_dir: Path, busy: Callable[[], bool]
+) -> None:
+    """`python -m agent.model_slot` (see `main`): a fresh interpreter, not a fork of this threaded one.
+
+    Stopped while `busy()`, continued in the gaps (checked every `LOADER_POLL_S`).
+    """
+    command = [sys.executable, "-m", "agent.model_slot", str(base_dir), str(out_dir), "--version", version]
+    if artifact_dir is not None:
+        command += ["--artifact", str(artifact_dir)]
+    log_path = out_dir / "loader.log"
+    with open(log_path, "w+", encoding="utf-8") as log_file:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log_file)
+        try:
+            _pause_while_busy(process, busy)
+        finally:
+            if process.poll() is None:  # this thread was interrupted: leave no stopped orphan behind
+                _signal(process, "SIGCONT")
+                process.kill()
+                process.wait()
+        log_file.seek(0)
+        errors = log_file.read().strip()
+    if process.returncode == LOAD_REFUSED:
+        raise ModelLoadError(errors.splitlines()[-1] if errors else "refused")
+    if process.returncode != 0:
+        raise ModelLoadError(
+            f"the loader process for {version} failed: {errors[-2000:] or f'exit status {process.returncode}'}"
+        )
+
+
+def _pause_while_busy(process: subprocess.Popen, busy: Callable[[], bool]) -> None:
+    stopped = False
+    while process.poll() is None:
+        if busy() != stopped:
+            stopped = not stopped
+            _signal(process, "SIGSTOP" if stopped else "SIGCONT")
+        time.sleep(LOADER_POLL_S)
+
+
+def _signal(process: subprocess.Popen, name: str) -> None:
+    number = getattr(signal, name, None)  # POSIX only; elsewhere the loader just runs at low priority
+    if number is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, number)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The loader process: `load_version` at the lowest CPU priority on one thread, saved as an HF directory."""
+    import argparse
+
+    os.nice(LOADER_NICENESS)
+    parser = argparse.ArgumentParser(prog="python -m agent.model_slot", description=main.__doc__)
+    parser.add_argument("base_dir", type=Path)
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--version", required=True)
+    parser.add_argument("--artifact", type=Path)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        model = load_version(args.base_dir, args.artifact, version=args.version)
+        model.model.save_pretrained(args.out_dir)
+    except (ModelLoadError, OSError) as exc:
+        print(f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError) else str(exc), file=sys.stderr)
+        return LOAD_REFUSED
+    return 0
+
+
 def _read_delta(artifact_dir: Path) -> dict:
     """The delta tensors of an artifact that just verified (hashing it again, as load_delta does, costs seconds)."""
     from safetensors import SafetensorError
@@ -128,6 +280,10 @@ class ModelSlot:
     @property
     def swapping(self) -> str | None:
         return self._swapping
+
+    def busy(self) -> bool:
+        """A model in the slot is generating now (a loader for the next version waits for the gap)."""
+        return any(getattr(model, "generating", False) for model in (self.current, self.previous))
 
     def kept(self, version: str) -> TextStreamer | None:
         """The kept previous model if it is `version` (a rollback then needs no load)."""
@@ -177,3 +333,7 @@ def _run_loader(version: str, loader: Callable[[], TextStreamer]) -> TextStreame
     if model is None:
         raise ModelLoadError(f"loading {version!r} produced no model")
     return model
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -45,6 +45,11 @@ class Synthesizer:
                 return
             yield chunk.audio_int16_array
 
+    @property
+    def busy(self) -> bool:
+        """Whether a synthesis is running now."""
+        return self._lock.locked()
+
     def synthesize(self, text: str) -> tuple[npt.NDArray[np.int16], int]:
         """The whole text as one int16 array, and its sample rate (22050 for the bundled voice)."""
         sentences = list(self.stream(text))

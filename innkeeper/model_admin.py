@@ -26,7 +26,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
-from agent.model_slot import ModelLoadError, SwapInProgress, SwapResult, load_version
+from agent.model_slot import ModelLoadError, SwapInProgress, SwapResult, load_version_beside_calls
 from agent.runtime import AgentRuntime
 from agent.wording import TextStreamer
 from innkeeper.db.database import DatabaseUnavailable
@@ -73,6 +73,8 @@ class ModelAdmin:
         self._base_dir: Path | None = None
         self._base_version = runtime.llm.version if runtime.llm is not None else None
         self._lock = asyncio.Lock()  # one registry change + swap at a time; polling skips while held
+        # What else keeps the cores busy during a call (speech recognition, synthesis): a load waits for gaps.
+        self.also_busy: list[Callable[[], bool]] = []
 
     @classmethod
     def for_runtime(cls, settings: Settings, runtime: AgentRuntime, *, llm_enabled: bool) -> ModelAdmin:
@@ -213,12 +215,18 @@ class ModelAdmin:
         kept = self.slot.kept(target.id if target is not None else (self._base_version or ""))
         if kept is not None:
             return lambda: kept
-        threads = self.settings.llm_threads
+        base, scratch = self._base(), self.settings.home / "loading"
+        serving = self.slot.current if getattr(self.slot.current, "path", None) == base else None
+        options = {"tokenizer_from": serving, "scratch": scratch, "busy": self.busy}
         if target is None:
-            return lambda: load_version(self._base(), None, version=None, threads=threads)
+            return lambda: load_version_beside_calls(base, None, version=None, **options)
         registry = self.registry
         assert registry is not None  # a registry version came from it
-        return lambda: load_version(self._base(), registry.local_artifact(target), version=target.id, threads=threads)
+        return lambda: load_version_beside_calls(base, registry.local_artifact(target), version=target.id, **options)
+
+    def busy(self) -> bool:
+        """A turn is being worked on: the model generates, or speech is being recognised or synthesised."""
+        return self.slot.busy() or any(signal() for signal in self.also_busy)
 
     def _base(self) -> Path:
         if self._base_dir is None:

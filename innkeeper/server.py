@@ -62,6 +62,7 @@ def create_app(
         await admin.startup()
         app.state.model_admin = admin
         speech = models or await asyncio.to_thread(load_speech_models, settings)
+        admin.also_busy += [lambda: speech.recognizer.busy, lambda: speech.synthesizer.busy]
         app.state.services = CallServices(runtime=agent, models=speech)
         log.info("innkeeper ready: model %s", agent.llm.version if agent.llm else "templates only")
         poller = admin.start_polling()

@@ -25,7 +25,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from agent.llm import ChatModel
-from agent.model_slot import ModelLoadError, ModelSlot, SwapInProgress, load_version
+from agent.model_slot import ModelLoadError, ModelSlot, SwapInProgress, load_version, load_version_beside_calls
 from agent.runtime import AgentRuntime
 from innkeeper.db.database import Database
 from innkeeper.model_admin import NO_LLM, AdminError, ModelAdmin
@@ -181,6 +181,48 @@ def test_load_version_refuses_a_damaged_artifact(base_dir, artifacts, tmp_path, 
 def test_load_version_refuses_a_delta_made_for_another_base(base_dir, artifacts):
     with pytest.raises(ModelLoadError, match="made for base weights"):
         load_version(base_dir, artifacts["foreign"], version="v-foreign")
+
+
+def test_the_loader_process_gives_the_same_model_and_refuses_what_load_version_refuses(base_dir, artifacts, tmp_path):
+    scratch_before = set(Path("/dev/shm").glob("innkeeper-load-*"))
+    serving = load_version(base_dir, None, version=None)
+    beside = load_version_beside_calls(
+        base_dir, artifacts["a"], version="v-a", tokenizer_from=serving, scratch=tmp_path
+    )
+    inline = load_version(base_dir, artifacts["a"], version="v-a")
+    assert beside.version == "v-a" and beside.path == base_dir and beside.tokenizer is serving.tokenizer
+    mapped, loaded = beside.model.state_dict(), inline.model.state_dict()
+    assert list(mapped) == list(loaded)
+    for name, tensor in mapped.items():
+        torch.testing.assert_close(tensor, loaded[name], rtol=0, atol=0, msg=name)
+    messages = [{"role": "user", "content": "Is breakfast included?"}]
+    assert list(beside.stream(messages, max_new_tokens=8)) == list(inline.stream(messages, max_new_tokens=8))
+    with pytest.raises(ModelLoadError, match="made for base weights"):
+        load_version_beside_calls(base_dir, artifacts["foreign"], version="v-foreign", scratch=tmp_path)
+    # the loaded weights' directory is gone (in /dev/shm, or in `scratch` where /dev/shm is small)
+    assert not any(tmp_path.glob("innkeeper-load-*"))
+    assert set(Path("/dev/shm").glob("innkeeper-load-*")) <= scratch_before
+
+
+def test_the_loader_process_waits_while_turns_are_worked_on(base_dir, artifacts, tmp_path):
+    """Stopped while `busy()`: the load only finishes once the serving process has a gap."""
+    busy = threading.Event()
+    busy.set()
+    loaded: list = []
+    loader = threading.Thread(
+        target=lambda: loaded.append(
+            load_version_beside_calls(base_dir, artifacts["a"], version="v-a", scratch=tmp_path, busy=busy.is_set)
+        )
+    )
+    loader.start()
+    unpaused = time.perf_counter()
+    load_version_beside_calls(base_dir, artifacts["b"], version="v-b", scratch=tmp_path)  # the same work, no pauses
+    unpaused = time.perf_counter() - unpaused
+    loader.join(timeout=2 * unpaused + 2)
+    assert loader.is_alive() and not loaded, "the load went on while busy"
+    busy.clear()
+    loader.join(timeout=120)
+    assert not loader.is_alive() and loaded[0].version == "v-a"
 
 
 # ------------------------------------------------------------------------------------------ the slot
