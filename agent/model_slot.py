@@ -128,7 +128,7 @@ def load_version_beside_calls(
         tokenizer = tokenizer_from.tokenizer if tokenizer_from is not None else None
         _wait_for_a_gap(idle)
         try:
-            model = ChatModel(tmp, version=version, tokenizer=tokenizer or _tokenizer(base_dir))
+            model = ChatModel(tmp, version=version, tokenizer=tokenizer)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"the loaded weights of {version} could not be mapped: {exc}") from exc
     # The mapping outlives the directory: the weights' memory is freed with the model.
@@ -145,12 +145,6 @@ def _shapes(model: ChatModel) -> dict[str, tuple[int, ...]]:
 def _wait_for_a_gap(busy: Callable[[], bool]) -> None:
     while busy():
         time.sleep(LOADER_POLL_S)
-
-
-def _tokenizer(base_dir: Path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(base_dir)
 
 
 def _scratch_dir(scratch: Path | None, need_bytes: int = 2 * 1024**3) -> str | None:
@@ -227,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = load_version(args.base_dir, args.artifact, version=args.version)
         model.model.save_pretrained(args.out_dir)
+        model.tokenizer.save_pretrained(args.out_dir)  # for a serving process that has none to lend
     except (ModelLoadError, OSError) as exc:
         print(f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError) else str(exc), file=sys.stderr)
         return LOAD_REFUSED

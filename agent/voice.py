@@ -361,7 +361,7 @@ class VoiceCall:
             # An utterance cut by the hang-up is still a turn the caller said.
             transcript = await asyncio.to_thread(self.models.recognizer.transcribe, audio)
             if transcript.text:
-                await self.conversation.log_caller_fragment(transcript.text, {"cut_by_hangup": 1.0})
+                await self._log_last_words(transcript.text)
         await self.conversation.close("transfer" if self._transferring else reason)
         if self.recorder is not None:
             self.recorder.close()
@@ -394,7 +394,7 @@ class VoiceCall:
         if not transcript.text:
             return  # noise, or a hallucination dropped by the recogniser
         if self._closing:
-            await self.conversation.log_caller_fragment(transcript.text, {"cut_by_hangup": 1.0})
+            await self._log_last_words(transcript.text)
             return
         if self._is_backchannel(transcript.text) and self._talking_on():
             return  # "mhm" while the agent talks: the caller is listening, not taking the turn
@@ -412,9 +412,13 @@ class VoiceCall:
         if previous is not None and not previous.done():
             await asyncio.gather(previous, return_exceptions=True)  # a reply being cut finishes first
         if self._closing:  # the caller hung up while the previous reply was being cut
-            await self.conversation.log_caller_fragment(transcript.text, {"cut_by_hangup": 1.0})
+            await self._log_last_words(transcript.text)
             return
         self._reply = self._spawn(self._answer(transcript.text, speech_end, timings))
+
+    async def _log_last_words(self, text: str) -> None:
+        """Caller words the hang-up left without a reply: a turn of the call all the same."""
+        await self.conversation.log_caller_fragment(text, {"cut_by_hangup": 1.0})
 
     def _maybe_barge_in_or_partial(self) -> None:
         utterance = self._utterance

@@ -69,6 +69,7 @@ from rich.console import Console
 from rich.table import Table
 
 from innkeeper.settings import Settings
+from tuning.gate import OPEN_GATE_SETTINGS
 
 RESULTS = Path(__file__).resolve().parent / "results" / "nightly.json"
 TODAY = date(2026, 11, 26)  # pinned, so "tomorrow" and "December 7" mean the same stay on every run
@@ -79,15 +80,6 @@ MAX_CALLER_TURNS = 16
 # --tiny: the shapes tests/test_nightly.py uses (a tiny corpus, 2 steps, a gate that lets it through)
 TINY_SIZE = {"text_tokens": 256, "chats": 2, "safety": 2, "max_len": 96}
 TINY_OVERRIDES = {"steps": 2, "batch_size": 2, "eval_every": 1, "lr": 1e-3}
-TINY_GATE = {
-    "gate_min_domain_gain": -10.0,
-    "gate_max_general_nll_pct": 1e9,
-    "gate_max_chat_kl": 1e9,
-    "gate_min_mc_retained": -1e9,
-    "gate_max_refusal_drop": 10.0,
-    "gate_max_over_refusal_rise": 10.0,
-    "gate_max_policy_drop": 10.0,
-}
 
 console = Console(width=None if sys.stdout.isatty() else 110)  # piped to a file: tables stay unwrapped
 
@@ -559,7 +551,7 @@ def stage_settings(args: argparse.Namespace, home: Path, *, model: bool = True) 
 
             build_tiny_chat_model(model_dir)
         extra |= {"llm_model": str(model_dir), "nightly_eval_size": "tiny", "nightly_heldout_fraction": 0.3}
-        extra |= TINY_GATE
+        extra |= OPEN_GATE_SETTINGS
     elif args.base:
         extra["llm_model"] = str(Path(args.base).expanduser().resolve())
     if args.eval_size:

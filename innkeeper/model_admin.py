@@ -215,14 +215,22 @@ class ModelAdmin:
         kept = self.slot.kept(target.id if target is not None else (self._base_version or ""))
         if kept is not None:
             return lambda: kept
-        base, scratch = self._base(), self.settings.home / "loading"
-        serving = self.slot.current if getattr(self.slot.current, "path", None) == base else None
-        options = {"tokenizer_from": serving, "scratch": scratch, "busy": self.busy}
-        if target is None:
-            return lambda: load_version_beside_calls(base, None, version=None, **options)
-        registry = self.registry
-        assert registry is not None  # a registry version came from it
-        return lambda: load_version_beside_calls(base, registry.local_artifact(target), version=target.id, **options)
+        serving, registry = self.slot.current, self.registry
+        assert target is None or registry is not None  # a registry version came from it
+
+        def load() -> TextStreamer:
+            base = self._base()
+            artifact = registry.local_artifact(target) if target is not None else None
+            return load_version_beside_calls(
+                base,
+                artifact,
+                version=target.id if target is not None else None,
+                tokenizer_from=serving if getattr(serving, "path", None) == base else None,
+                scratch=self.settings.home / "loading",
+                busy=self.busy,
+            )
+
+        return load
 
     def busy(self) -> bool:
         """A turn is being worked on: the model generates, or speech is being recognised or synthesised."""

@@ -17,20 +17,12 @@ from agent.llm import build_tiny_chat_model
 from agent.runtime import AgentRuntime
 from innkeeper.registry import ModelRegistry, VersionStatus
 from innkeeper.settings import Settings
+from tuning.gate import OPEN_GATE_SETTINGS
 from tuning.nightly import nightly_root, run_nightly
 from tuning.pipeline import CorpusSize
 
 TINY = CorpusSize(text_tokens=256, chats=2, safety=2, max_len=96)
 FAST = {"steps": 2, "batch_size": 2, "eval_every": 1, "progress": False, "lr": 1e-3}
-LENIENT = {
-    "gate_min_domain_gain": -10.0,
-    "gate_max_general_nll_pct": 1e9,
-    "gate_max_chat_kl": 1e9,
-    "gate_min_mc_retained": -1e9,
-    "gate_max_refusal_drop": 10.0,
-    "gate_max_over_refusal_rise": 10.0,
-    "gate_max_policy_drop": 10.0,
-}
 CALLS = [
     ["Hi, I'd like a room for two nights from December 7.", "Two adults.", "The deluxe king.", "Ana Diaz.",
      "207 555 0199", "Yes, book it.", "No, that's all, bye."],
@@ -83,7 +75,7 @@ def nightly(settings, db, **kw):
 
 
 def test_a_night_trains_on_the_calls_gates_and_registers(nightly_settings, sqlite_db):
-    settings = nightly_settings.model_copy(update=LENIENT)
+    settings = nightly_settings.model_copy(update=OPEN_GATE_SETTINGS)
     call_ids = place_calls(settings, sqlite_db, CALLS * 3)
     report, registry = nightly(settings, sqlite_db)
 
@@ -107,7 +99,7 @@ def test_a_night_trains_on_the_calls_gates_and_registers(nightly_settings, sqlit
 
 
 def test_a_candidate_outside_its_budgets_is_registered_as_rejected_with_reasons(nightly_settings, sqlite_db):
-    settings = nightly_settings.model_copy(update={**LENIENT, "gate_max_chat_kl": -1.0})
+    settings = nightly_settings.model_copy(update={**OPEN_GATE_SETTINGS, "gate_max_chat_kl": -1.0})
     place_calls(settings, sqlite_db, CALLS * 2)
     report, registry = nightly(settings, sqlite_db)
 
@@ -119,7 +111,7 @@ def test_a_candidate_outside_its_budgets_is_registered_as_rejected_with_reasons(
 
 
 def test_a_run_stopped_midway_registers_nothing_and_the_next_run_finishes_it(nightly_settings, sqlite_db):
-    settings = nightly_settings.model_copy(update=LENIENT)
+    settings = nightly_settings.model_copy(update=OPEN_GATE_SETTINGS)
     place_calls(settings, sqlite_db, CALLS * 2)
     first, registry = nightly(settings, sqlite_db, stop_after="gate")
     assert registry.list() == []  # killed before registering: no half-registered version

@@ -8,7 +8,7 @@ stored with the version in the registry.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from innkeeper.settings import Settings
@@ -28,15 +28,21 @@ class GateBudgets:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GateBudgets:
-        return cls(
-            min_domain_gain=settings.gate_min_domain_gain,
-            max_general_nll_pct=settings.gate_max_general_nll_pct,
-            max_chat_kl=settings.gate_max_chat_kl,
-            min_mc_retained=settings.gate_min_mc_retained,
-            max_refusal_drop=settings.gate_max_refusal_drop,
-            max_over_refusal_rise=settings.gate_max_over_refusal_rise,
-            max_policy_drop=settings.gate_max_policy_drop,
-        )
+        """Each budget from its `INNKEEPER_GATE_*` setting (the same name with a `gate_` prefix)."""
+        return cls(**{f.name: getattr(settings, f"gate_{f.name}") for f in fields(cls)})
+
+
+# Settings for a gate no candidate fails: for checks of the job's plumbing on tiny random models, whose
+# measures mean nothing (the nightly tests, `benchmarks/nightly.py --tiny`).
+OPEN_GATE_SETTINGS = {
+    "gate_min_domain_gain": -10.0,
+    "gate_max_general_nll_pct": 1e9,
+    "gate_max_chat_kl": 1e9,
+    "gate_min_mc_retained": -1e9,
+    "gate_max_refusal_drop": 10.0,
+    "gate_max_over_refusal_rise": 10.0,
+    "gate_max_policy_drop": 10.0,
+}
 
 
 @dataclass
