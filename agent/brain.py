@@ -10,6 +10,7 @@ once the database answers again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -24,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from agent.calllog import CallLog
 from agent.dialogue import DialogueManager, ReplyPlan, Stage, mask_turn
 from agent.hotel import HotelProfile
+from agent.model_slot import TurnsInProgress
 from agent.policy import InputProblem, clean_utterance
 from agent.tools import HotelTools
 from agent.wording import ReplyWriter, TextStreamer
@@ -93,8 +95,10 @@ class Conversation:
         max_new_tokens: int = 48,
         temperature: float = 0.0,
         first_sentence_budget_s: float | None = None,
+        turns: TurnsInProgress | None = None,
     ):
         self.hotel = hotel
+        self._turns = turns  # where this call's turns are marked in progress (a model loader waits for gaps)
         self.call_log = call_log
         # `model_source` (the runtime's model slot) is asked once per turn, so a hot-swapped model takes
         # over at the next turn; without one, `llm` serves the whole conversation.
@@ -167,40 +171,41 @@ class Conversation:
         `finish_reply` with the heard words and the voice timings. `heard` is logged with the caller's
         turn (speech recognition timings and confidence).
         """
-        started, t0 = _now(), time.perf_counter()
-        model = self.llm  # this turn's model, to its end, whatever a model swap does meanwhile
-        masked, plan = await self._decide(user_text)
-        plan = self._resume_if_unplaced(plan)
-        decided_ms = _ms_since(t0)
-        await self._save(_PendingTurn("caller", masked, started, _now(), latencies=heard))
-        record = TurnOutcome(
-            caller_text=masked,
-            reply_text="",
-            plan=plan,
-            latencies={"decide_ms": decided_ms},
-            model_version=_version_of(model),
-        )
-        self.last_turn = record
-        reply_started = _now()
-        chunks: list[str] = []
-        clock: dict[str, float] = {}
-        try:
-            async for chunk in self.writer.stream(plan, masked, clock, llm=model):
-                if not chunks:
-                    record.latencies["first_chunk_ms"] = _ms_since(t0)
-                chunks.append(chunk.text)
-                record.sources.append(chunk.source)
-                yield chunk.text
-        finally:
-            # Runs on barge-in too (the consumer stops early): only what was yielded was said.
-            record.reply_text = " ".join(chunks)
-            record.latencies["total_ms"] = _ms_since(t0)
-            if "llm_first_token" in clock:
-                record.latencies["llm_first_token_ms"] = round((clock["llm_first_token"] - t0) * 1000, 1)
-            if defer_log:
-                self._open_reply = (record, reply_started, masked)
-            else:
-                await self._log_reply(record, reply_started, masked)
+        with self._turns.during() if self._turns is not None else contextlib.nullcontext():
+            started, t0 = _now(), time.perf_counter()
+            model = self.llm  # this turn's model, to its end, whatever a model swap does meanwhile
+            masked, plan = await self._decide(user_text)
+            plan = self._resume_if_unplaced(plan)
+            decided_ms = _ms_since(t0)
+            await self._save(_PendingTurn("caller", masked, started, _now(), latencies=heard))
+            record = TurnOutcome(
+                caller_text=masked,
+                reply_text="",
+                plan=plan,
+                latencies={"decide_ms": decided_ms},
+                model_version=_version_of(model),
+            )
+            self.last_turn = record
+            reply_started = _now()
+            chunks: list[str] = []
+            clock: dict[str, float] = {}
+            try:
+                async for chunk in self.writer.stream(plan, masked, clock, llm=model):
+                    if not chunks:
+                        record.latencies["first_chunk_ms"] = _ms_since(t0)
+                    chunks.append(chunk.text)
+                    record.sources.append(chunk.source)
+                    yield chunk.text
+            finally:
+                # Runs on barge-in too (the consumer stops early): only what was yielded was said.
+                record.reply_text = " ".join(chunks)
+                record.latencies["total_ms"] = _ms_since(t0)
+                if "llm_first_token" in clock:
+                    record.latencies["llm_first_token_ms"] = round((clock["llm_first_token"] - t0) * 1000, 1)
+                if defer_log:
+                    self._open_reply = (record, reply_started, masked)
+                else:
+                    await self._log_reply(record, reply_started, masked)
 
     async def finish_reply(
         self, heard_text: str | None = None, *, interrupted: bool = False, latencies: dict[str, float] | None = None

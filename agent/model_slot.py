@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import shutil
@@ -24,8 +25,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,6 +44,7 @@ WARMUP_TOKENS = 4
 LOADER_NICENESS = 19  # the loader process yields the cores to the serving process whenever it wants them
 LOAD_REFUSED = 3  # the loader process's exit status for a version that does not verify or load
 LOADER_POLL_S = 0.01  # how often the loader checks whether a turn has started (or ended)
+TURN_BUSY_MAX_S = 60.0  # a turn open longer than this no longer holds a loader back (a consumer that never closed)
 SHARED_MEMORY = Path("/dev/shm")
 
 
@@ -259,6 +262,37 @@ def _warm_up(model: ChatModel) -> None:
         raise ModelLoadError(f"model {model.version} failed its warm-up generation: {exc}") from exc
 
 
+class TurnsInProgress:
+    """Which conversation turns are being worked on now, from the caller's words to the reply's last chunk.
+
+    A loader waits while any is open: in a text turn the model generates only for part of it (understanding,
+    the database, the call log come first), and a loader running through those parts slowed each turn by
+    ~60 ms here (`benchmarks/nightly.py --calls`). Thread-safe; a turn left open (a stream never closed)
+    stops counting after `TURN_BUSY_MAX_S`, so it cannot hold a swap back for ever.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[int, float] = {}
+        self._lock = threading.Lock()
+        self._next = itertools.count()
+
+    @contextlib.contextmanager
+    def during(self) -> Iterator[None]:
+        key = next(self._next)
+        with self._lock:
+            self._open[key] = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._open.pop(key, None)
+
+    def __bool__(self) -> bool:
+        oldest = time.monotonic() - TURN_BUSY_MAX_S
+        with self._lock:
+            return any(started > oldest for started in self._open.values())
+
+
 class ModelSlot:
     """The one reference to the serving model. Readers take `current`; `swap_to` replaces it between turns."""
 
@@ -267,6 +301,7 @@ class ModelSlot:
         self.keep_previous = keep_previous
         self.previous: TextStreamer | None = None
         self._swapping: str | None = None  # the version being loaded
+        self.turns = TurnsInProgress()  # conversations reading this slot mark their turns here
 
     @property
     def version(self) -> str:
@@ -277,8 +312,8 @@ class ModelSlot:
         return self._swapping
 
     def busy(self) -> bool:
-        """A model in the slot is generating now (a loader for the next version waits for the gap)."""
-        return any(getattr(model, "generating", False) for model in (self.current, self.previous))
+        """A turn is being worked on or a model in the slot is generating (a loader waits for the gap)."""
+        return bool(self.turns) or any(getattr(model, "generating", False) for model in (self.current, self.previous))
 
     def kept(self, version: str) -> TextStreamer | None:
         """The kept previous model if it is `version` (a rollback then needs no load)."""

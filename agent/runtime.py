@@ -75,6 +75,7 @@ class AgentRuntime:
             max_new_tokens=self.settings.llm_max_new_tokens,
             temperature=self.settings.llm_temperature,
             first_sentence_budget_s=self._first_sentence_budget_s(voice=channel in VOICE_CHANNELS),
+            turns=self.slot.turns,
         )
 
     def _serving(self) -> TextStreamer | None:

@@ -43,6 +43,7 @@ from tuning.projected import ProjectedConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+BY_SOURCE = {"text": 1.0, "chat": 1.0, "safety": 1.0}
 # (method, config overrides, method options): learning rates as the issue's measured floor used them.
 METHODS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "full": ("full", {"lr": 5e-5}, {}),
@@ -51,6 +52,9 @@ METHODS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "projected ε=0.90": ("projected", {"lr": 2e-4, "eps": 0.90}, {}),
     "projected ε=0.90 rows=25%": ("projected", {"lr": 2e-4, "eps": 0.90, "row_budget": 0.25}, {}),
     "projected ε=0.99": ("projected", {"lr": 5e-4, "eps": 0.99}, {}),
+    # Calibration by source: text, chat and safety each averaged over their own tokens, then mixed equally.
+    "projected ε=0.90 by source": ("projected", {"lr": 2e-4, "eps": 0.90, "source_weights": BY_SOURCE}, {}),
+    "projected ε=0.80 by source": ("projected", {"lr": 2e-4, "eps": 0.80, "source_weights": BY_SOURCE}, {}),
 }
 DEFAULT_METHODS = ("full", "lora", "replay", "projected ε=0.90", "projected ε=0.90 rows=25%")
 
@@ -69,7 +73,7 @@ def main() -> None:
     protected = protected_examples(base, settings, CorpusSize())
     suite = _suite(settings, base, args)
     base_result = _base_result(settings, base, suite)
-    previous = _previous(base.version) if args.resume else {}
+    previous = _previous(args.out, base.version) if args.resume else {}
     guarded_vs_raw = previous.get("guarded_base_vs_raw") or _guarded_vs_raw(settings, base, base_result, suite)
     start_loss = mean_loss(base.model, as_batches(dev, base.tokenizer, 4, 0))
     console.print(
@@ -110,13 +114,12 @@ def main() -> None:
     console.print(_table(rows, start_loss))
     if guarded_vs_raw:
         console.print(f"guarded base vs raw model: {json.dumps(guarded_vs_raw)}")
-    _plot(rows, RESULTS / "forgetting.png")
-    console.print(f"wrote {RESULTS / 'forgetting.json'} and {RESULTS / 'forgetting.png'}")
+    _plot(rows, args.out.with_suffix(".png"))
+    console.print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
 
 
-def _previous(version: str) -> dict[str, Any]:
+def _previous(path: Path, version: str) -> dict[str, Any]:
     """The saved results of an interrupted run on the same start model (rows are kept, methods skipped)."""
-    path = RESULTS / "forgetting.json"
     if not path.exists():
         return {}
     saved = json.loads(path.read_text())
@@ -137,6 +140,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--text-windows", type=int, default=32)
     parser.add_argument("--chat-n", type=int, default=24)
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS))
+    parser.add_argument("--out", type=Path, default=RESULTS / "forgetting.json", help="results JSON (plot: .png)")
     args = parser.parse_args()
     if args.methods[0] != "full" and not args.resume:
         parser.error("the first method must be 'full': it sets the matched-gain target")
@@ -222,7 +226,7 @@ def _run(settings, label, method, cfg, options, base_dir, train, dev, protected,
 def _save(
     rows: list[dict[str, Any]], start_loss: float, version: str, args: argparse.Namespace, guarded: dict | None
 ) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "start_model": version,
         "start_domain_loss": start_loss,
@@ -230,7 +234,7 @@ def _save(
         "args": vars(args),
         "rows": rows,
     }
-    (RESULTS / "forgetting.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    args.out.write_text(json.dumps(payload, indent=1, default=str) + "\n")
 
 
 def _table(rows: list[dict[str, Any]], start_loss: float) -> Table:

@@ -25,7 +25,14 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from agent.llm import ChatModel
-from agent.model_slot import ModelLoadError, ModelSlot, SwapInProgress, load_version, load_version_beside_calls
+from agent.model_slot import (
+    ModelLoadError,
+    ModelSlot,
+    SwapInProgress,
+    TurnsInProgress,
+    load_version,
+    load_version_beside_calls,
+)
 from agent.runtime import AgentRuntime
 from innkeeper.db.database import Database
 from innkeeper.model_admin import NO_LLM, AdminError, ModelAdmin
@@ -255,6 +262,47 @@ def test_a_turn_in_flight_finishes_on_its_model_and_the_next_turn_uses_the_new_o
     assert first_turn.model_version == old.version and convo.last_turn.model_version == "v-a"
     assert agent_versions(runtime, convo.call_id) == [old.version, "v-a"]
     assert runtime.llm is new[0] and runtime.slot.previous is old
+
+
+def test_a_loader_waits_for_the_whole_turn_not_only_the_generation(runtime):
+    """Understanding, the database and the call log come before the model generates: a load waits for those too."""
+    seen: list[tuple[str, bool]] = []
+
+    class Watching:
+        version = "watching"
+        generating = False
+
+        async def astream(self, messages, **options):
+            seen.append(("model asked", runtime.slot.busy()))
+            yield "We have a pool on the roof."
+
+    runtime.slot.current = Watching()
+    convo = runtime.new_conversation()
+    real_decide = convo._decide
+
+    async def decide(text):
+        seen.append(("deciding", runtime.slot.busy()))
+        return await real_decide(text)
+
+    convo._decide = decide
+
+    async def scenario():
+        assert not runtime.slot.busy()
+        await convo.reply("Do you have a pool?")
+        seen.append(("after the reply", runtime.slot.busy()))
+        await convo.close()
+
+    asyncio.run(scenario())
+    assert seen == [("deciding", True), ("model asked", True), ("after the reply", False)]
+
+
+def test_a_turn_left_open_stops_holding_loads_back(monkeypatch):
+    turns = TurnsInProgress()
+    stuck = turns.during()
+    stuck.__enter__()  # a reply stream its consumer never closed
+    assert turns
+    monkeypatch.setattr("agent.model_slot.TURN_BUSY_MAX_S", 0.0)
+    assert not turns
 
 
 def test_a_failed_load_leaves_the_current_model_serving(runtime):

@@ -254,6 +254,59 @@ def test_bases_and_masks_round_trip_and_refuse_other_weights(tiny: PreTrainedMod
         ProtectedBases.load(tmp_path)
 
 
+def _captured(basis: LayerBasis, second_moment: Tensor) -> float:
+    """The share of a second moment's energy inside the basis: tr(Uᵀ C U) / tr(C)."""
+    U = basis.U.double()
+    return float(torch.trace(U.T @ second_moment @ U) / torch.trace(second_moment))
+
+
+def test_source_balanced_calibration_protects_a_small_source_a_token_pool_drowns(tiny: PreTrainedModel) -> None:
+    """Few tokens of one source (refusals, say) beside many of another: pooled, their directions fall below ε."""
+    cfg = quiet(eps=0.8)
+    many = token_batches(20, PROTECTED_IDS, n=12)
+    few = token_batches(21, DOMAIN_IDS, n=1)
+    name = "model.layers.0.self_attn.q_proj"  # its inputs are the token embeddings: the two vocabularies differ
+    layer = target_linears(tiny, cfg.targets)[name]
+    few_moment = accumulate_moments(tiny, {name: layer}, few, cfg).inputs[name]
+
+    pooled = calibrate_bases(tiny, many + few, cfg, model_id="tiny", corpus="pool")
+    balanced = calibrate_bases(tiny, {"text": many, "safety": few}, cfg, model_id="tiny", corpus="by source")
+
+    assert _captured(pooled.layers[name], few_moment) < 0.4  # measured 0.23
+    assert _captured(balanced.layers[name], few_moment) > 0.75  # measured 0.83: about ε of the small source
+    assert balanced.provenance["sources"] == {
+        "text": {"tokens": 12 * 4 * 23, "weight": 1.0},
+        "safety": {"tokens": 4 * 23, "weight": 1.0},
+    }
+
+
+def test_source_weights_mix_each_source_by_its_own_mean(tiny: PreTrainedModel) -> None:
+    """One source alone equals the pool; a source weighed 0 is ignored; weights scale each source's mean."""
+    text, safety = token_batches(22, PROTECTED_IDS, n=3), token_batches(23, DOMAIN_IDS, n=1)
+    cfg = quiet(eps=0.9)
+    alone = calibrate_bases(tiny, text, cfg, model_id="tiny", corpus="pool")
+    as_source = calibrate_bases(tiny, {"text": text}, cfg, model_id="tiny", corpus="one source")
+    ignored = calibrate_bases(
+        tiny, {"text": text, "safety": safety}, quiet(eps=0.9, source_weights={"safety": 0.0}), model_id="t", corpus=""
+    )
+    weighted = calibrate_bases(
+        tiny, {"text": text, "safety": safety}, quiet(eps=0.9, source_weights={"text": 3.0}), model_id="t", corpus=""
+    )
+    name = "model.layers.0.self_attn.o_proj"
+    layer = {name: target_linears(tiny, cfg.targets)[name]}
+    means = {}
+    for source, batches in (("text", text), ("safety", safety)):
+        moments = accumulate_moments(tiny, layer, batches, cfg)
+        means[source] = moments.inputs[name] / moments.tokens
+    for bases in (as_source, ignored):
+        assert torch.allclose(bases.layers[name].eigenvalues, alone.layers[name].eigenvalues, rtol=1e-9)
+        assert bases.layers[name].k == alone.layers[name].k
+    expected = torch.linalg.eigvalsh((3 * means["text"] + means["safety"]) / 4).flip(0).clamp_min(0)
+    assert torch.allclose(weighted.layers[name].eigenvalues, expected, rtol=1e-8, atol=1e-12)
+    with pytest.raises(ValueError, match="at least one must be positive"):
+        calibrate_bases(tiny, {"text": text}, quiet(source_weights={"text": 0.0}), model_id="t", corpus="")
+
+
 # --- training on the tiny Llama --------------------------------------------------------------------------------
 
 

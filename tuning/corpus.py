@@ -136,6 +136,18 @@ def safety_prompts(shared_data: Path, part: Part) -> list[tuple[str, str]]:
     return policy + [(prompt, REFUSAL) for prompt in harmful_prompts(shared_data, part)]
 
 
+# Which protected source an example id belongs to (calibration can weigh sources instead of tokens).
+_SOURCE_OF_PREFIX = {"text": "text", "chat": "chat", "policy": "safety", "harmful": "safety", "safe": "safety"}
+
+
+def protected_source(example_id: str) -> str:
+    """'text', 'chat' or 'safety' for an example built by `build_protected_batches` (from its id)."""
+    prefix = example_id.split(":", 1)[0]
+    if prefix not in _SOURCE_OF_PREFIX:
+        raise ValueError(f"{example_id!r} is not a protected-corpus example id")
+    return _SOURCE_OF_PREFIX[prefix]
+
+
 def _check_part(part: str) -> None:
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}, not {part!r}")

@@ -66,6 +66,7 @@ def tune_config(settings: Settings, **overrides: object) -> ProjectedConfig:
     values: dict[str, object] = {
         "eps": settings.tune_eps,
         "row_budget": settings.tune_row_budget,
+        "source_weights": settings.tune_source_weights,
         "lr": settings.tune_lr,
         "steps": settings.tune_steps,
         "batch_size": settings.tune_batch_size,
@@ -142,11 +143,12 @@ def calibrated(
         json.dumps(
             [
                 weights_fingerprint(chat.model, cfg.targets),
-                provenance.get("text_sha256"),
+                provenance.get("sha256"),
                 cfg.eps,
                 cfg.layer_eps,
                 cfg.side,
                 cfg.skip_first_position,
+                cfg.source_weights,
             ],
             sort_keys=True,
             default=str,
@@ -161,13 +163,25 @@ def calibrated(
             shutil.rmtree(directory, ignore_errors=True)
     bases = calibrate_bases(
         chat.model,
-        as_batches(examples, chat.tokenizer, 4, seed=0),
+        _calibration_batches(examples, chat.tokenizer, by_source=bool(cfg.source_weights)),
         cfg,
         model_id=chat.version,
         corpus=provenance,
     )
     bases.save(directory)
     return bases
+
+
+def _calibration_batches(
+    examples: Sequence[TrainingExample], tokenizer: Any, *, by_source: bool
+) -> list[dict] | dict[str, list[dict]]:
+    """One token pool, or batches per protected source (text, chat, safety) for source-weighted calibration."""
+    if not by_source:
+        return as_batches(examples, tokenizer, 4, seed=0)
+    grouped: dict[str, list[TrainingExample]] = {}
+    for example in examples:
+        grouped.setdefault(corpus.protected_source(example.dialogue_id), []).append(example)
+    return {source: as_batches(group, tokenizer, 4, seed=0) for source, group in sorted(grouped.items())}
 
 
 # ---------------------------------------------------------------------- one tuning run

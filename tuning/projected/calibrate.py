@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -157,7 +157,7 @@ def energy_rank(eigenvalues: Tensor, eps: float) -> int:
 
 def calibrate_bases(
     model: nn.Module,
-    protected_batches: Iterable[Batch],
+    protected_batches: Iterable[Batch] | Mapping[str, Iterable[Batch]],
     cfg: ProjectedConfig,
     *,
     model_id: str,
@@ -165,20 +165,35 @@ def calibrate_bases(
 ) -> ProtectedBases:
     """Run the base model over protected batches and build every target layer's protected basis.
 
-    `model_id` names the weights (e.g. ChatModel.version); `corpus` is the caller's provenance of the
-    protected data (source, split, selection) and is stored verbatim in calibration.json.
+    `protected_batches` is one pool (every token weighs the same) or a mapping source → batches: then each
+    source's second moment is averaged over its own tokens and the sources are mixed with
+    `cfg.source_weights` (1 for a source not named), so a few hundred tokens of refusals count as much as
+    ten thousand of encyclopaedia text instead of vanishing below the energy cut. `model_id` names the
+    weights (e.g. ChatModel.version); `corpus` is the caller's provenance of the protected data (source,
+    split, selection), stored verbatim in calibration.json.
     """
     started = time.perf_counter()
     layers = target_linears(model, cfg.targets)
     if not layers:
         raise ValueError(f"no nn.Linear named {cfg.targets} in the model")
-    moments = accumulate_moments(model, layers, protected_batches, cfg)
-    bases = _layer_bases(layers, moments, cfg)
+    pools = protected_batches if isinstance(protected_batches, Mapping) else {"all": protected_batches}
+    weights = {source: cfg.source_weights.get(source, 1.0) for source in pools}
+    total = sum(weights.values())
+    if total <= 0:
+        raise ValueError(f"source weights {weights} sum to {total}; at least one must be positive")
+    means: MeanMoments | None = None
+    tokens = {}
+    for source, batches in pools.items():  # one source's sums at a time: memory stays that of one pass
+        moments = accumulate_moments(model, layers, batches, cfg)
+        tokens[source] = moments.tokens
+        means = moments.fold_into(means, weights[source] / (moments.tokens * total))
+    bases = _layer_bases(layers, means, cfg)
     provenance = {
         "model_id": model_id,
         "weights_sha256": weights_fingerprint(model, cfg.targets),
         "corpus": corpus,
-        "tokens": moments.tokens,
+        "tokens": sum(tokens.values()),
+        "sources": {source: {"tokens": tokens[source], "weight": weights[source]} for source in pools},
         "eps": cfg.eps,
         "layer_eps": cfg.layer_eps,
         "targets": list(cfg.targets),
@@ -191,6 +206,14 @@ def calibrate_bases(
         "transformers": transformers.__version__,
     }
     return ProtectedBases(bases, provenance)
+
+
+@dataclass
+class MeanMoments:
+    """Per layer, the mean input second moment E[x xᵀ] (layers fed the same tensor share one) and the output's."""
+
+    inputs: dict[str, Tensor]
+    outputs: dict[str, Tensor]
 
 
 class Moments:
@@ -220,6 +243,24 @@ class Moments:
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
+
+    def fold_into(self, means: MeanMoments | None, scale: float) -> MeanMoments:
+        """`means` plus `scale` × these sums (in place; these sums are spent), keeping shared inputs shared."""
+        scaled: dict[int, Tensor] = {}
+        for sums in (self.inputs, self.outputs):
+            for tensor in sums.values():
+                if id(tensor) not in scaled:
+                    scaled[id(tensor)] = tensor.mul_(scale)
+        if means is None:
+            return MeanMoments(dict(self.inputs), dict(self.outputs))
+        added: set[int] = set()
+        for name, tensor in self.inputs.items():
+            if id(means.inputs[name]) not in added:
+                means.inputs[name] += tensor
+                added.add(id(means.inputs[name]))
+        for name, tensor in self.outputs.items():
+            means.outputs[name] += tensor
+        return means
 
     def _hook(self, name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
@@ -265,23 +306,22 @@ def accumulate_moments(
     return moments
 
 
-def _layer_bases(names: Iterable[str], moments: Moments, cfg: ProjectedConfig) -> dict[str, LayerBasis]:
-    """Bases from the accumulated moments; layers sharing an input share its eigendecomposition and tensors."""
-    n = moments.tokens
+def _layer_bases(names: Iterable[str], means: MeanMoments, cfg: ProjectedConfig) -> dict[str, LayerBasis]:
+    """Bases from the mean moments; layers sharing an input share its eigendecomposition and tensors."""
     bases = {}
     current = None
     for name in names:
-        accumulator = moments.inputs[name]
-        if accumulator is not current:
+        second_moment = means.inputs[name]
+        if second_moment is not current:
             # Layers sharing an input are hooked one after another, so only the latest spectrum is kept.
-            current, second_moment = accumulator, accumulator / n
+            current = second_moment
             eigenvalues, vectors = eigendecompose(second_moment)
             input_sq, by_rank = second_moment.diagonal().clone(), {}
         eps = cfg.eps_for(name)
         k = energy_rank(eigenvalues, eps)
         if k not in by_rank:
             by_rank[k] = vectors[:, :k].float()
-        outputs = moments.outputs[name] / n
+        outputs = means.outputs[name]
         V, output_sq = None, outputs
         if cfg.side == "both":
             V, output_sq = basis_from_covariance(outputs, eps)[0].float(), outputs.diagonal().clone()

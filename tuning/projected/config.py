@@ -30,6 +30,9 @@ class ProjectedConfig(BaseModel):
     eps: float = Field(default=0.99, ge=0.0, le=1.0)
     layer_eps: dict[str, float] = Field(default_factory=dict)
     skip_first_position: bool = True
+    # With a protected corpus given by source (text, chat, safety): each source's weight in the mixed second
+    # moment, after averaging over its own tokens (unnamed sources weigh 1). Not used for a single pool.
+    source_weights: dict[str, float] = Field(default_factory=dict)
 
     # Neuron selection: which output rows may change.
     selection: Literal["grad_over_activation", "grad_over_wanda"] = "grad_over_activation"
