@@ -91,6 +91,8 @@ def test_a_night_trains_on_the_calls_gates_and_registers(nightly_settings, sqlit
     assert version.gate["decision"] == "promote" and version.metrics["domain_nll"] > 0
     dataset = (nightly_root(settings) / report.run_id / "dataset.json").read_text()
     assert "Diaz" not in dataset and "555 0199" not in dataset  # redacted before anything was written
+    trained = json.loads((nightly_root(settings) / report.run_id / "state.json").read_text())["done"]["train"]
+    assert trained["base_dir"] == str(settings.llm_model) and trained["guarded"] is False  # no `tune align` here
 
     # Nothing new since: the next night trains nothing.
     again, _ = nightly(settings, sqlite_db)

@@ -184,13 +184,15 @@ def _curate(settings: Settings, db: Database, run: NightlyRun, force: bool, repo
 
 def _train(settings: Settings, run: NightlyRun, size: CorpusSize, overrides: dict[str, Any]) -> dict[str, Any]:
     from tuning.artifacts import verify_artifact
-    from tuning.pipeline import start_model_dir, tune, tune_config
+    from tuning.pipeline import guarded_dir, start_model_dir, tune, tune_config
 
     artifact = run.dir / "artifact"
-    if artifact.exists() and not verify_artifact(artifact):
-        return {"artifact": str(artifact), "metrics": json.loads((artifact / "manifest.json").read_text())["metrics"]}
-    train, heldout, _ = _examples(settings, run)
     base_dir = start_model_dir(settings)
+    started_from = {"base_dir": str(base_dir), "guarded": base_dir == guarded_dir(settings)}
+    if artifact.exists() and not verify_artifact(artifact):
+        metrics = json.loads((artifact / "manifest.json").read_text())["metrics"]
+        return {"artifact": str(artifact), "metrics": metrics, **started_from}
+    train, heldout, _ = _examples(settings, run)
     cfg = tune_config(settings, **{"steps": settings.nightly_steps, **overrides})
     if "eval_every" not in overrides:  # the evaluate step measures the candidate: no periodic evaluation
         cfg = cfg.model_copy(update={"eval_every": cfg.steps})
@@ -211,7 +213,7 @@ def _train(settings: Settings, run: NightlyRun, size: CorpusSize, overrides: dic
         lineage=lineage,
         size=size,
     )
-    return {"artifact": str(outcome.artifact), "metrics": outcome.metrics, "base_dir": str(base_dir)}
+    return {"artifact": str(outcome.artifact), "metrics": outcome.metrics, **started_from}
 
 
 def _evaluate(settings: Settings, registry: ModelRegistry, run: NightlyRun) -> dict[str, Any]:
@@ -364,8 +366,15 @@ def _describe(step: str, output: dict[str, Any]) -> str:
         return f"{c['eligible']} eligible calls ({c['new_since_last_run']} new), {held} held out; {c} {seconds}"
     if step == "train":
         m = output["metrics"]
+        base = output.get("base_dir", "?")
+        start = (
+            f"from {base}"
+            if output.get("guarded")
+            else f"[yellow]from the raw model {base}: no guarded base yet (`innkeeper tune align`)[/]"
+        )
         return (
-            f"domain loss {m['domain_loss_before']:.3f} → {m['domain_loss_after']:.3f} in {m['steps']} steps {seconds}"
+            f"domain loss {m['domain_loss_before']:.3f} → {m['domain_loss_after']:.3f} in {m['steps']} steps, "
+            f"{start} {seconds}"
         )
     if step == "evaluate":
         r = output["retention"]
