@@ -320,12 +320,17 @@ def tune_eval(
     model: Annotated[Path, typer.Option(help="A model directory or a tuning artifact directory.")],
     base: Annotated[Path | None, typer.Option(help="Compare against this model (default: its base).")] = None,
     size: Annotated[str | None, typer.Option(help="tiny | small | medium | large")] = None,
+    booking_calls: Annotated[
+        int, typer.Option(help="Scripted booking calls through the brain, worded by each model (0: none).")
+    ] = 8,
 ) -> None:
     """Domain proficiency, retention, knowledge and safety of a model against its base."""
     from tuning.pipeline import evaluate_model
 
     settings = _settings()
-    _, _, table = evaluate_model(settings, model, base_path=base, size=size or settings.tune_eval_size)
+    _, _, table = evaluate_model(
+        settings, model, base_path=base, size=size or settings.tune_eval_size, booking_calls=booking_calls
+    )
     print(table)
 
 

@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     tune_row_budget: float = Field(default=1.0, description="fraction of output rows allowed to change")
     tune_source_weights: dict[str, float] = Field(
         default_factory=dict,
-        description='Calibrate by protected source (text, chat, safety), each averaged over its own tokens and '
+        description="Calibrate by protected source (text, chat, safety), each averaged over its own tokens and "
         'mixed with these weights, e.g. {"text": 1, "chat": 1, "safety": 1}; empty = one token-weighted pool.',
     )
     tune_lr: float = 2e-4

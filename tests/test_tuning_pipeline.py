@@ -42,7 +42,10 @@ def test_align_then_tune_then_eval(tiny_settings, sqlite_db):
     assert tuned.metrics["steps"] == 3 and 0.0 < tuned.metrics["mean_kept_fraction"] <= 1.0
     assert tuned.base_dir == guarded_dir(tiny_settings)
 
-    result, base_result, table = evaluate_model(tiny_settings, tuned.artifact, size="tiny")
+    result, base_result, table = evaluate_model(tiny_settings, tuned.artifact, size="tiny", booking_calls=2)
     assert result["base_model"] == base_result["model"]
     assert "general" in json.dumps(result["measures"]).lower()
-    assert table.strip()
+    for measured in (result, base_result):  # the random tiny model words nothing; the brain books anyway
+        bookings = measured["measures"]["scripted_bookings"]
+        assert (bookings["calls"], bookings["exact"], bookings["model_worded"]) == (2, 2, 0)
+    assert "scripted bookings made as asked" in table

@@ -912,6 +912,10 @@ def _rows(measures: Mapping[str, Any]) -> Iterator[_Row]:
         yield _Row("chat KL(base‖tuned)/token", ("chat_kl",), lambda v: f"{v:.4f}", _signed, "kl")
     if "domain" in measures:
         yield _Row("hotel agent-turn NLL/token", ("domain",), _nats, _signed, "nll")
+    if "scripted_bookings" in measures:
+        path = ("scripted_bookings",)
+        yield _Row("scripted bookings: replies worded by the model", path, _pct, _points, "model_worded_share")
+        yield _Row("scripted bookings made as asked", path, _pct, _points, "exact_share")
     for task in measures.get("mc", {}):
         for metric in ("acc_norm", "acc"):
             yield _Row(f"{task} {metric}", ("mc", task, metric), _pct, _points, flips=_RIGHT_WRONG)
@@ -973,6 +977,10 @@ def retention_summary(result: Result, base_result: Result) -> dict[str, Any]:
     if "policy" in safety:
         summary["policy_passed"] = safety["policy"]["passed"]["value"]
         summary["policy_passed_base"] = base_safety["policy"]["passed"]["value"]
+    if "scripted_bookings" in measures:
+        summary["model_worded_share"] = measures["scripted_bookings"]["model_worded_share"]
+        summary["model_worded_share_base"] = base_measures.get("scripted_bookings", {}).get("model_worded_share")
+        summary["bookings_exact_share"] = measures["scripted_bookings"]["exact_share"]
     return summary
 
 

@@ -39,6 +39,7 @@ from tuning.data import (
 from tuning.projected import ProjectedConfig, ProtectedBases, calibrate_bases, select_rows
 from tuning.projected.calibrate import CalibrationMismatch, lm_loss, weights_fingerprint
 from tuning.projected.train import TrainResult
+from tuning.scripted_bookings import scripted_bookings
 
 log = logging.getLogger(__name__)
 
@@ -367,9 +368,18 @@ def load_for_eval(path: Path) -> tuple[ChatModel, Path | None]:
 
 
 def evaluate_model(
-    settings: Settings, model_path: Path, *, base_path: Path | None = None, size: str = "medium"
+    settings: Settings,
+    model_path: Path,
+    *,
+    base_path: Path | None = None,
+    size: str = "medium",
+    booking_calls: int = 0,
 ) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """`innkeeper tune eval`: the suite on the model and its base; returns (result, base result, table)."""
+    """`innkeeper tune eval`: the suite on the model and its base; returns (result, base result, table).
+
+    `booking_calls` > 0 adds the generation-based domain measure: that many scripted booking calls through
+    the brain, worded by each model (tuning/scripted_bookings.py).
+    """
     chat, artifact_base = load_for_eval(model_path)
     base_dir = Path(base_path or artifact_base or start_model_dir(settings))
     base = ChatModel(base_dir)
@@ -378,6 +388,9 @@ def evaluate_model(
     if not cache.exists():
         evaluate.save_result(evaluate.run_suite(base.model, base.tokenizer, suite=suite, model_id=base.version), cache)
     base_result = evaluate.load_result(cache)
+    if booking_calls and base_result["measures"].get("scripted_bookings", {}).get("calls") != booking_calls:
+        base_result["measures"]["scripted_bookings"] = scripted_bookings(base, settings, n=booking_calls).summary()
+        evaluate.save_result(base_result, cache)
     result = evaluate.run_suite(
         chat.model,
         chat.tokenizer,
@@ -385,5 +398,7 @@ def evaluate_model(
         base=evaluate.Baseline(result=base_result, model=base.model),
         model_id=chat.version,
     )
+    if booking_calls:
+        result["measures"]["scripted_bookings"] = scripted_bookings(chat, settings, n=booking_calls).summary()
     evaluate.save_result(result, tuning_root(settings) / "evals" / f"{_stamp()}-{size}.json")
     return result, base_result, evaluate.render_table(result, base_result)
