@@ -40,6 +40,7 @@ from tuning.pipeline import (
     tuning_root,
 )
 from tuning.projected import ProjectedConfig
+from tuning.scripted_bookings import scripted_bookings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -72,7 +73,7 @@ def main() -> None:
     base_cfg = ProjectedConfig(steps=args.steps, batch_size=4, eval_every=args.eval_every, seed=0, progress=True)
     protected = protected_examples(base, settings, CorpusSize())
     suite = _suite(settings, base, args)
-    base_result = _base_result(settings, base, suite)
+    base_result = _base_result(settings, base, suite, args.booking_calls)
     previous = _previous(args.out, base.version) if args.resume else {}
     guarded_vs_raw = previous.get("guarded_base_vs_raw") or _guarded_vs_raw(settings, base, base_result, suite)
     start_loss = mean_loss(base.model, as_batches(dev, base.tokenizer, 4, 0))
@@ -103,6 +104,8 @@ def main() -> None:
             base=evaluate.Baseline(result=base_result, model=base.model),
             model_id=label,
         )
+        if args.booking_calls:
+            result["measures"]["scripted_bookings"] = scripted_bookings(tuned, settings, n=args.booking_calls).summary()
         row.update(evaluate.retention_summary(result, base_result))
         row["domain_gain"] = start_loss - row["domain_loss"]
         rows.append(row)
@@ -140,6 +143,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--text-windows", type=int, default=32)
     parser.add_argument("--chat-n", type=int, default=24)
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS))
+    parser.add_argument("--booking-calls", type=int, default=8, help="scripted booking calls per model (0: none)")
     parser.add_argument("--out", type=Path, default=RESULTS / "forgetting.json", help="results JSON (plot: .png)")
     args = parser.parse_args()
     if args.methods[0] != "full" and not args.resume:
@@ -163,13 +167,19 @@ def _suite(settings: Settings, base: ChatModel, args: argparse.Namespace) -> eva
     )
 
 
-def _base_result(settings: Settings, base: ChatModel, suite: evaluate.EvalSuite) -> dict[str, Any]:
+def _base_result(
+    settings: Settings, base: ChatModel, suite: evaluate.EvalSuite, booking_calls: int = 0
+) -> dict[str, Any]:
     sizes = json.dumps(suite.sizes(), sort_keys=True, default=str)
     key = f"{base.version}-{hashlib.sha256(sizes.encode()).hexdigest()[:10]}"
     cache = tuning_root(settings) / "cache" / f"bench-base-{key}.json"
     if not cache.exists():
         evaluate.save_result(evaluate.run_suite(base.model, base.tokenizer, suite=suite, model_id="base"), cache)
-    return evaluate.load_result(cache)
+    result = evaluate.load_result(cache)
+    if booking_calls and result["measures"].get("scripted_bookings", {}).get("calls") != booking_calls:
+        result["measures"]["scripted_bookings"] = scripted_bookings(base, settings, n=booking_calls).summary()
+        evaluate.save_result(result, cache)
+    return result
 
 
 def _guarded_vs_raw(
@@ -250,6 +260,7 @@ def _table(rows: list[dict[str, Any]], start_loss: float) -> Table:
         "refusal",
         "over-refusal",
         "policy",
+        "model-worded (scripted calls)",
         "s/step",
     )
     for column in columns:
@@ -266,9 +277,17 @@ def _table(rows: list[dict[str, Any]], start_loss: float) -> Table:
             f"{r['refusal']:.0%} (base {r['refusal_base']:.0%})",
             f"{r['over_refusal']:.0%} (base {r['over_refusal_base']:.0%})",
             f"{r['policy_passed']:.0%}",
+            _worded(r),
             f"{r['step_seconds']:.2f}",
         )
     return table
+
+
+def _worded(row: dict[str, Any]) -> str:
+    if row.get("model_worded_share") is None:
+        return "not measured"
+    base = row.get("model_worded_share_base")
+    return f"{row['model_worded_share']:.0%}" + (f" (base {base:.0%})" if base is not None else "")
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:

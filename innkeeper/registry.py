@@ -130,21 +130,23 @@ class ArtifactStore:
         if self.fs.exists(target):
             raise FileExistsError(f"{self.fs.unstrip_protocol(target)} already exists")
         marker = sha256_file(local_dir / MANIFEST_FILE).encode()
+        if not self.local:
+            # An object store has no rename (s3fs's mv is a copy per key, and failed on a prefix against a real
+            # S3 server): the files go straight to their names and the marker, written last, completes them.
+            try:
+                self._upload(local_dir, target)
+                self.fs.pipe_file(f"{target}/{COMPLETE_MARKER}", marker)
+            except BaseException:
+                self._discard(target)
+                raise
+            return self.fs.unstrip_protocol(target)
         tmp = self._join(f".tmp-{name}-{uuid.uuid4().hex[:8]}")
-        moved = False
         try:
             self._upload(local_dir, tmp)
-            if self.local:
-                self.fs.pipe_file(f"{tmp}/{COMPLETE_MARKER}", marker)
-                os.rename(tmp, target)  # atomic on one filesystem; refuses a non-empty target
-            else:
-                moved = True
-                self.fs.mv(tmp, target, recursive=True)
-                self.fs.pipe_file(f"{target}/{COMPLETE_MARKER}", marker)
+            self.fs.pipe_file(f"{tmp}/{COMPLETE_MARKER}", marker)
+            os.rename(tmp, target)  # atomic on one filesystem; refuses a non-empty target
         except BaseException:
             self._discard(tmp)
-            if moved:
-                self._discard(target)
             raise
         return self.fs.unstrip_protocol(target)
 

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import pytest
@@ -29,7 +30,7 @@ from innkeeper.registry import (
     RegistryError,
     VersionStatus,
 )
-from innkeeper.settings import get_settings
+from innkeeper.settings import Settings, get_settings
 from tuning.artifacts import DELTA_FILE, MANIFEST_FILE, save_delta, verify_artifact, weights_sha256
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -75,11 +76,40 @@ def registry(db: Database, store_dir: Path, tmp_path: Path) -> ModelRegistry:
     return ModelRegistry(db, ArtifactStore(f"file://{store_dir}"), tmp_path / "cache")
 
 
-@pytest.fixture
-def memory_registry(db: Database, tmp_path: Path) -> Iterator[ModelRegistry]:
-    url = f"memory://registry-{uuid.uuid4().hex[:8]}"
-    yield ModelRegistry(db, ArtifactStore(url), tmp_path / "cache")
-    fs, root = fsspec.core.url_to_fs(url)
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[dict[str, Any]]:
+    """A real S3-protocol HTTP server (moto) on a free port, with one bucket; yields the fsspec storage options."""
+    boto3 = pytest.importorskip("boto3")
+    pytest.importorskip("s3fs")
+    server_module = pytest.importorskip("moto.server")
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    credentials = {"aws_access_key_id": "test", "aws_secret_access_key": "test", "region_name": "us-east-1"}
+    boto3.client("s3", endpoint_url=endpoint, **credentials).create_bucket(Bucket="innkeeper-models")
+    yield {"endpoint_url": endpoint, "key": "test", "secret": "test", "client_kwargs": {"region_name": "us-east-1"}}
+    server.stop()
+
+
+@pytest.fixture(params=["memory", "s3"])
+def remote_registry(request, db: Database, tmp_path: Path) -> Iterator[ModelRegistry]:
+    """The registry on an object store: fsspec's memory://, and an S3 bucket configured through settings."""
+    prefix = f"registry-{uuid.uuid4().hex[:8]}"
+    if request.param == "memory":
+        url, options = f"memory://{prefix}", {}
+        registry = ModelRegistry(db, ArtifactStore(url), tmp_path / "cache")
+    else:
+        url, options = f"s3://innkeeper-models/{prefix}", request.getfixturevalue("s3_server")
+        settings = Settings(
+            home=tmp_path / "home",
+            registry_url=url,
+            registry_storage_options=options,
+            registry_cache=tmp_path / "cache",
+        )
+        registry = ModelRegistry.from_settings(settings, db)
+    yield registry
+    fs, root = fsspec.core.url_to_fs(url, **options)
     if fs.exists(root):
         fs.rm(root, recursive=True)
 
@@ -326,14 +356,14 @@ def test_concurrent_rollbacks_each_roll_back_one_version(registry: ModelRegistry
     ]
 
 
-# ---------------------------------------------------------------- an object store (memory://)
+# ---------------------------------------------------------------- object stores (memory://, s3:// on moto)
 
 
-def test_a_memory_store_works_through_the_same_code(memory_registry: ModelRegistry, artifacts: list[Path]) -> None:
-    registry = memory_registry
+def test_an_object_store_works_through_the_same_code(remote_registry: ModelRegistry, artifacts: list[Path]) -> None:
+    registry = remote_registry
     v = register(registry, artifacts[0], ["c-1"], run_id="night-1")
-    assert v.artifact_uri.startswith("memory://")
-    fs, remote = fsspec.core.url_to_fs(v.artifact_uri)
+    assert v.artifact_uri.split("://")[0] == registry.store.url.split("://")[0]  # memory:// or s3://
+    fs, remote = fsspec.core.url_to_fs(v.artifact_uri, **registry.store.storage_options)
     assert fs.cat_file(f"{remote}/{COMPLETE_MARKER}").decode() == v.manifest_sha256
     assert not [p for p in fs.find(registry.store.root) if "/.tmp-" in p]
 
