@@ -55,6 +55,7 @@ METHODS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "projected ε=0.99": ("projected", {"lr": 5e-4, "eps": 0.99}, {}),
     # Calibration by source: text, chat and safety each averaged over their own tokens, then mixed equally.
     "projected ε=0.90 by source": ("projected", {"lr": 2e-4, "eps": 0.90, "source_weights": BY_SOURCE}, {}),
+    "projected ε=0.95 by source": ("projected", {"lr": 2e-4, "eps": 0.95, "source_weights": BY_SOURCE}, {}),
     "projected ε=0.80 by source": ("projected", {"lr": 2e-4, "eps": 0.80, "source_weights": BY_SOURCE}, {}),
 }
 DEFAULT_METHODS = ("full", "lora", "replay", "projected ε=0.90", "projected ε=0.90 rows=25%")
