@@ -10,7 +10,6 @@ once the database answers again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
@@ -98,7 +97,8 @@ class Conversation:
         turns: TurnsInProgress | None = None,
     ):
         self.hotel = hotel
-        self._turns = turns  # where this call's turns are marked in progress (a model loader waits for gaps)
+        # Where this call's turns are marked in progress (a model loader waits for the gaps); its own if none given.
+        self._turns = turns if turns is not None else TurnsInProgress()
         self.call_log = call_log
         # `model_source` (the runtime's model slot) is asked once per turn, so a hot-swapped model takes
         # over at the next turn; without one, `llm` serves the whole conversation.
@@ -171,7 +171,7 @@ class Conversation:
         `finish_reply` with the heard words and the voice timings. `heard` is logged with the caller's
         turn (speech recognition timings and confidence).
         """
-        with self._turns.during() if self._turns is not None else contextlib.nullcontext():
+        with self._turns.during():
             started, t0 = _now(), time.perf_counter()
             model = self.llm  # this turn's model, to its end, whatever a model swap does meanwhile
             masked, plan = await self._decide(user_text)

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from agent.llm import ChatModel, resolve_model_dir
 from innkeeper.settings import Settings
-from tuning import evaluate
+from tuning import evaluate, scripted_bookings
 from tuning.pipeline import (
     CorpusSize,
     as_batches,
@@ -40,7 +40,6 @@ from tuning.pipeline import (
     tuning_root,
 )
 from tuning.projected import ProjectedConfig
-from tuning.scripted_bookings import scripted_bookings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -105,8 +104,7 @@ def main() -> None:
             base=evaluate.Baseline(result=base_result, model=base.model),
             model_id=label,
         )
-        if args.booking_calls:
-            result["measures"]["scripted_bookings"] = scripted_bookings(tuned, settings, n=args.booking_calls).summary()
+        scripted_bookings.measure_into(result, tuned, settings, args.booking_calls)
         row.update(evaluate.retention_summary(result, base_result))
         row["domain_gain"] = start_loss - row["domain_loss"]
         rows.append(row)
@@ -177,8 +175,7 @@ def _base_result(
     if not cache.exists():
         evaluate.save_result(evaluate.run_suite(base.model, base.tokenizer, suite=suite, model_id="base"), cache)
     result = evaluate.load_result(cache)
-    if booking_calls and result["measures"].get("scripted_bookings", {}).get("calls") != booking_calls:
-        result["measures"]["scripted_bookings"] = scripted_bookings(base, settings, n=booking_calls).summary()
+    if scripted_bookings.measure_into(result, base, settings, booking_calls):
         evaluate.save_result(result, cache)
     return result
 

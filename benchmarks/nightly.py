@@ -298,13 +298,6 @@ async def measure_swap(settings: Settings, args: argparse.Namespace) -> dict[str
     return summary
 
 
-def _line_medians(turns: list[TimedTurn]) -> dict[str, float]:
-    by_line: dict[str, list[float]] = defaultdict(list)
-    for t in turns:
-        by_line[t.line].append(t.ms)
-    return {line: statistics.median(values) for line, values in by_line.items()}
-
-
 def _swap_summary(
     turns: list[TimedTurn],
     loads: list[tuple[float, float]],

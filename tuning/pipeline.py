@@ -24,7 +24,7 @@ from transformers import AutoTokenizer
 
 from agent.llm import ChatModel, resolve_model_dir
 from innkeeper.settings import Settings
-from tuning import corpus, evaluate
+from tuning import corpus, evaluate, scripted_bookings
 from tuning.artifacts import apply_delta, export_hf, load_delta, read_manifest, save_delta, weights_sha256
 from tuning.baselines import train
 from tuning.data import (
@@ -39,7 +39,6 @@ from tuning.data import (
 from tuning.projected import ProjectedConfig, ProtectedBases, calibrate_bases, select_rows
 from tuning.projected.calibrate import CalibrationMismatch, lm_loss, weights_fingerprint
 from tuning.projected.train import TrainResult
-from tuning.scripted_bookings import scripted_bookings
 
 log = logging.getLogger(__name__)
 
@@ -388,8 +387,7 @@ def evaluate_model(
     if not cache.exists():
         evaluate.save_result(evaluate.run_suite(base.model, base.tokenizer, suite=suite, model_id=base.version), cache)
     base_result = evaluate.load_result(cache)
-    if booking_calls and base_result["measures"].get("scripted_bookings", {}).get("calls") != booking_calls:
-        base_result["measures"]["scripted_bookings"] = scripted_bookings(base, settings, n=booking_calls).summary()
+    if scripted_bookings.measure_into(base_result, base, settings, booking_calls):
         evaluate.save_result(base_result, cache)
     result = evaluate.run_suite(
         chat.model,
@@ -398,7 +396,6 @@ def evaluate_model(
         base=evaluate.Baseline(result=base_result, model=base.model),
         model_id=chat.version,
     )
-    if booking_calls:
-        result["measures"]["scripted_bookings"] = scripted_bookings(chat, settings, n=booking_calls).summary()
+    scripted_bookings.measure_into(result, chat, settings, booking_calls)
     evaluate.save_result(result, tuning_root(settings) / "evals" / f"{_stamp()}-{size}.json")
     return result, base_result, evaluate.render_table(result, base_result)

@@ -84,6 +84,19 @@ def scripted_bookings(model: Any, settings: Settings, *, n: int = 8, seed: int =
     )
 
 
+def measure_into(result: dict[str, Any], model: Any, settings: Settings, n: int) -> bool:
+    """Add `n` scripted booking calls to an evaluation `result` (measures["scripted_bookings"]).
+
+    Nothing to do when `n` is 0 or the result already holds a measure of `n` calls (a cached base result);
+    returns whether it measured, so a caller knows to save a cached result again.
+    """
+    measures = result["measures"]
+    if not n or measures.get("scripted_bookings", {}).get("calls") == n:
+        return False
+    measures["scripted_bookings"] = scripted_bookings(model, settings, n=n).summary()
+    return True
+
+
 def _booked_as_asked(tools: HotelTools, call: PlacedCall) -> bool:
     """The call's booking row holds the stay the caller asked for: dates, room, guest count, surname."""
     asked = call.asked

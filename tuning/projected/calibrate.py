@@ -246,11 +246,11 @@ class Moments:
 
     def fold_into(self, means: MeanMoments | None, scale: float) -> MeanMoments:
         """`means` plus `scale` × these sums (in place; these sums are spent), keeping shared inputs shared."""
-        scaled: dict[int, Tensor] = {}
-        for sums in (self.inputs, self.outputs):
-            for tensor in sums.values():
-                if id(tensor) not in scaled:
-                    scaled[id(tensor)] = tensor.mul_(scale)
+        scaled: set[int] = set()
+        for tensor in [*self.inputs.values(), *self.outputs.values()]:
+            if id(tensor) not in scaled:  # a shared input accumulator is scaled once
+                tensor.mul_(scale)
+                scaled.add(id(tensor))
         if means is None:
             return MeanMoments(dict(self.inputs), dict(self.outputs))
         added: set[int] = set()
