@@ -321,7 +321,7 @@ def tune_eval(
     base: Annotated[Path | None, typer.Option(help="Compare against this model (default: its base).")] = None,
     size: Annotated[str | None, typer.Option(help="tiny | small | medium | large")] = None,
     booking_calls: Annotated[
-        int, typer.Option(help="Scripted booking calls through the brain, worded by each model (0: none).")
+        int, typer.Option(min=0, help="Scripted booking calls through the brain, worded by each model (0: none).")
     ] = 8,
 ) -> None:
     """Domain proficiency, retention, knowledge and safety of a model against its base."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,7 +32,7 @@ class ProjectedConfig(BaseModel):
     skip_first_position: bool = True
     # With a protected corpus given by source (text, chat, safety): each source's weight in the mixed second
     # moment, after averaging over its own tokens (unnamed sources weigh 1). Not used for a single pool.
-    source_weights: dict[str, float] = Field(default_factory=dict)
+    source_weights: dict[str, Annotated[float, Field(ge=0.0)]] = Field(default_factory=dict)
 
     # Neuron selection: which output rows may change.
     selection: Literal["grad_over_activation", "grad_over_wanda"] = "grad_over_activation"
