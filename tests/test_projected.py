@@ -408,9 +408,6 @@ def test_projected_learns_the_domain_and_forgets_far_less_than_full(tiny_dir: Pa
     assert protected_kl(base, projected, protected_eval) < 0.05 * protected_kl(base, full, protected_eval)
 
 
-def test_source_weights_must_name_present_sources_and_not_be_negative(tiny: PreTrainedModel) -> None:
-    text = token_batches(24, PROTECTED_IDS, n=1)
-    with pytest.raises(ValueError, match=r"name \['safty'\]"):  # a typo would otherwise weigh nothing
-        calibrate_bases(tiny, {"text": text}, quiet(source_weights={"safty": 2.0}), model_id="t", corpus="")
+def test_source_weights_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match="greater than or equal to 0"):
         quiet(source_weights={"safety": -1.0})

@@ -177,8 +177,6 @@ def calibrate_bases(
     if not layers:
         raise ValueError(f"no nn.Linear named {cfg.targets} in the model")
     pools = protected_batches if isinstance(protected_batches, Mapping) else {"all": protected_batches}
-    if isinstance(protected_batches, Mapping) and (unknown := set(cfg.source_weights) - set(pools)):
-        raise ValueError(f"source weights name {sorted(unknown)}, but the protected sources are {sorted(pools)}")
     weights = {source: cfg.source_weights.get(source, 1.0) for source in pools}
     total = sum(weights.values())
     if total <= 0:
