@@ -9,6 +9,7 @@ over-refusal, policy probes). Prints a table, writes JSON and a Pareto plot (PNG
 
     .venv/bin/python benchmarks/forgetting.py --steps 40            # the README's table
     .venv/bin/python benchmarks/forgetting.py --steps 400 --budget 2  # long training
+    .venv/bin/python benchmarks/forgetting.py --safety-recheck 120 --safe-n 64 --methods full ...  # more prompts
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ METHODS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "projected ε=0.90 by source": ("projected", {"lr": 2e-4, "eps": 0.90, "source_weights": BY_SOURCE}, {}),
     "projected ε=0.95 by source": ("projected", {"lr": 2e-4, "eps": 0.95, "source_weights": BY_SOURCE}, {}),
     "projected ε=0.80 by source": ("projected", {"lr": 2e-4, "eps": 0.80, "source_weights": BY_SOURCE}, {}),
+    # What a call agent must keep is how it chats and what it refuses more than how it continues WikiText.
+    "projected ε=0.90 by source, chat+safety ×2": (
+        "projected",
+        {"lr": 2e-4, "eps": 0.90, "source_weights": {"text": 1.0, "chat": 2.0, "safety": 2.0}},
+        {},
+    ),
 }
 DEFAULT_METHODS = ("full", "lora", "replay", "projected ε=0.90", "projected ε=0.90 rows=25%")
 
@@ -68,12 +75,15 @@ def main() -> None:
     console = Console()
     base_dir = start_model_dir(settings)
     base = ChatModel(base_dir)
+    if args.safety_recheck:
+        recheck_safety(settings, base, args, console)
+        return
     splits = domain_splits(settings, base.tokenizer)
     dev = splits["dev"][: args.dev_examples]
     base_cfg = ProjectedConfig(steps=args.steps, batch_size=4, eval_every=args.eval_every, seed=0, progress=True)
     protected = protected_examples(base, settings, CorpusSize())
-    suite = _suite(settings, base, args)
-    base_result = _base_result(settings, base, suite, args.booking_calls)
+    suite = bench_suite(settings, base, args)
+    base_result = cached_base_result(settings, base, suite, args.booking_calls)
     previous = _previous(args.out, base.version) if args.resume else {}
     guarded_vs_raw = previous.get("guarded_base_vs_raw") or _guarded_vs_raw(settings, base, base_result, suite)
     start_loss = mean_loss(base.model, as_batches(dev, base.tokenizer, 4, 0))
@@ -120,6 +130,80 @@ def main() -> None:
     console.print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
 
 
+def recheck_safety(settings: Settings, base: ChatModel, args: argparse.Namespace, console: Console) -> None:
+    """Refusals and over-refusal of the saved rows' models on a larger prompt sample than the main run's.
+
+    Twenty-four harmful prompts cannot tell 95% of the base's refusals from 98%; this re-scores every saved
+    tuned model (and the start model) on `--safety-recheck` harmful and `--safe-n` safe prompts, paired
+    with the start model, and stores the result in each row under `safety_recheck`.
+    """
+    saved = _previous(args.out, base.version)
+    if not saved:
+        raise SystemExit(f"no results for start model {base.version} in {args.out}: run the comparison first")
+    suite = replace(
+        bench_suite(settings, base, args),
+        general_texts=(),
+        chat_prompts=(),
+        mc_tasks={},
+        harmful_n=args.safety_recheck,
+    )
+    base_result = cached_base_result(settings, base, suite)
+    for row in saved["rows"]:
+        if row["label"] not in args.methods or row.get("safety_recheck", {}).get("sizes") == suite.sizes():
+            continue
+        tuned, _ = load_for_eval(Path(row["artifact"]))
+        result = evaluate.run_suite(
+            tuned.model,
+            tuned.tokenizer,
+            suite=suite,
+            base=evaluate.Baseline(result=base_result, model=base.model),
+            model_id=row["label"],
+        )
+        row["safety_recheck"] = {"sizes": suite.sizes(), **_safety_flips(result)}
+        args.out.write_text(json.dumps(saved, indent=1, default=str) + "\n")
+    console.print(_recheck_table(saved["rows"], args))
+
+
+def _recheck_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> Table:
+    table = Table(
+        title=f"safety re-check: {args.safety_recheck} harmful, {args.safe_n} safe prompts, vs the start model"
+    )
+    for column in ("method", "refusal", "refused→complied", "complied→refused", "margin Δ (95% CI)", "over-refusal"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for row in rows:
+        if check := row.get("safety_recheck"):
+            low, high = check["margin_delta_ci"]
+            table.add_row(
+                row["label"],
+                f"{check['refusal']:.1%} (base {check['refusal_base']:.1%}, ratio {check['refusal_ratio']:.1%})",
+                str(check["refused_to_complied"]),
+                str(check["complied_to_refused"]),
+                f"{check['margin_delta']:+.3f} ({low:+.3f}, {high:+.3f})",
+                f"{check['over_refusal']:.1%} (base {check['over_refusal_base']:.1%})",
+            )
+    return table
+
+
+def _safety_flips(result: dict[str, Any]) -> dict[str, Any]:
+    safety = result["measures"]["safety"]
+    harmful = next(node for name, node in safety.items() if name.startswith("harmful"))
+    safe = safety["safe:xstest"]
+    paired = harmful["refusal"]["vs_base"]
+    return {
+        "harmful_n": harmful["refusal"]["n"],
+        "refusal": harmful["refusal"]["value"],
+        "refusal_base": paired["base"],
+        "refusal_ratio": harmful["refusal"]["value"] / max(paired["base"], 1e-9),
+        "refused_to_complied": paired["refused_to_complied"],
+        "complied_to_refused": paired["complied_to_refused"],
+        "margin_delta": harmful["margin"]["vs_base"]["delta"],
+        "margin_delta_ci": harmful["margin"]["vs_base"]["delta_ci"],
+        "safe_n": safe["refusal"]["n"],
+        "over_refusal": safe["refusal"]["value"],
+        "over_refusal_base": safe["refusal"]["vs_base"]["base"],
+    }
+
+
 def _previous(path: Path, version: str) -> dict[str, Any]:
     """The saved results of an interrupted run on the same start model (rows are kept, methods skipped)."""
     if not path.exists():
@@ -144,13 +228,19 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS))
     parser.add_argument("--booking-calls", type=int, default=8, help="scripted booking calls per model (0: none)")
     parser.add_argument("--out", type=Path, default=RESULTS / "forgetting.json", help="results JSON (plot: .png)")
+    parser.add_argument(
+        "--safety-recheck",
+        type=int,
+        metavar="N",
+        help="re-score the saved rows' safety on N harmful prompts (and --safe-n safe ones); trains nothing",
+    )
     args = parser.parse_args()
-    if args.methods[0] != "full" and not args.resume:
+    if args.methods[0] != "full" and not (args.resume or args.safety_recheck):
         parser.error("the first method must be 'full': it sets the matched-gain target")
     return args
 
 
-def _suite(settings: Settings, base: ChatModel, args: argparse.Namespace) -> evaluate.EvalSuite:
+def bench_suite(settings: Settings, base: ChatModel, args: argparse.Namespace) -> evaluate.EvalSuite:
     """Retention, knowledge and safety, sized for two CPU cores (the domain is measured by the loop)."""
     suite = evaluate.default_suite(settings, base.tokenizer, "medium")
     above_chance = {k: v for k, v in suite.mc_tasks.items() if k in ("hellaswag", "arc_easy", "piqa")}
@@ -166,7 +256,7 @@ def _suite(settings: Settings, base: ChatModel, args: argparse.Namespace) -> eva
     )
 
 
-def _base_result(
+def cached_base_result(
     settings: Settings, base: ChatModel, suite: evaluate.EvalSuite, booking_calls: int = 0
 ) -> dict[str, Any]:
     sizes = json.dumps(suite.sizes(), sort_keys=True, default=str)
@@ -188,7 +278,7 @@ def _guarded_vs_raw(
     if Path(base.path).resolve() == Path(raw_dir).resolve():
         return None
     raw = ChatModel(raw_dir)
-    raw_result = _base_result(settings, raw, suite)
+    raw_result = cached_base_result(settings, raw, suite)
     guarded = evaluate.run_suite(
         base.model,
         base.tokenizer,

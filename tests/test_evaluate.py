@@ -279,6 +279,13 @@ def test_suite_runs_end_to_end_pairs_with_the_base_and_renders(tiny, tmp_path: P
     assert measures["safety"]["policy"]["passed"]["n"] == len(POLICY_PROBES)
     assert tuned["base_model"] == "tiny-base" and not tuned_model.training
 
+    summary = ev.retention_summary(tuned, saved)
+    margin = measures["safety"]["harmful:toy"]["margin"]
+    assert summary["refusal_margin_delta"] == pytest.approx(margin["mean"] - margin["vs_base"]["base"])
+    low, high = summary["refusal_margin_delta_ci"]
+    assert low <= summary["refusal_margin_delta"] <= high
+    assert summary["chat_kl"] == measures["chat_kl"]["kl"] and "over_refusal_margin_delta" in summary
+
     table = ev.render_table(tuned, saved)
     for label in (
         "general text NLL",

@@ -312,3 +312,19 @@ def test_protected_batches_hold_no_eval_rows_and_reuse_cached_replies(
         model, tokenizer, SHARED, **sizes, cache_dir=tmp_path, model_id="tiny@test"
     )
     assert again == examples and again_provenance == provenance
+
+
+def test_nightly_cycles_add_new_dialogues_each_night_and_keep_the_old() -> None:
+    from benchmarks.forgetting_cycles import night_examples
+
+    # Several examples per dialogue (a long call is cut into pieces): a dialogue is never split across nights.
+    train = [TrainingExample([1, 2], [1, 2], f"d{i}") for i in range(23) for _ in range(i % 3 + 1)]
+    nights = [night_examples(train, night, 5, seed=7) for night in range(1, 6)]
+    ids = [{e.dialogue_id for e in examples} for examples in nights]
+    assert [len(s) for s in ids] == [5, 10, 14, 19, 23]
+    assert all(earlier < later for earlier, later in zip(ids, ids[1:], strict=False))
+    for examples, dialogues in zip(nights, ids, strict=True):
+        assert len(examples) == sum(1 for e in train if e.dialogue_id in dialogues)
+    assert nights[-1] == train
+    assert night_examples(train, 1, 5, seed=7) == nights[0]  # the order is seeded
+    assert {e.dialogue_id for e in night_examples(train, 1, 5, seed=8)} != ids[0]

@@ -974,6 +974,11 @@ def retention_summary(result: Result, base_result: Result) -> dict[str, Any]:
         if name is not None:
             summary[key] = safety[name]["refusal"]["value"]
             summary[f"{key}_base"] = base_safety[name]["refusal"]["value"]
+            # The refusal-over-compliance log-prob margin moves before a greedy reply flips: finer than a count.
+            margin = safety[name].get("margin", {}).get("vs_base")
+            if margin is not None:
+                summary[f"{key}_margin_delta"] = margin["delta"]
+                summary[f"{key}_margin_delta_ci"] = margin["delta_ci"]
     if "policy" in safety:
         summary["policy_passed"] = safety["policy"]["passed"]["value"]
         summary["policy_passed_base"] = base_safety["policy"]["passed"]["value"]

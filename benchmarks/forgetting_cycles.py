@@ -1,0 +1,250 @@
+"""Forgetting over successive nightly cycles with growing data, and over long training.
+
+Night n trains on the first n/N of the train dialogues (a seeded order, so every night adds calls the
+model has not seen), for `--steps-per-night` optimizer steps with a fresh optimizer and schedule, as a
+nightly job would, *continuing from night n−1's weights*. Stacking nights is harsher than the product,
+whose nightly job always retrains from the guarded base: it is the worst case, and by night N the model
+has trained N × steps-per-night steps (the long-training measure). After every night it measures, against
+the start model (the guarded base): held-out domain loss, general-text NLL change, chat KL, refusals,
+over-refusal and the policy probes; multiple choice and scripted bookings at the last night.
+
+Methods and learning rates are `benchmarks/forgetting.py`'s. The projected method protects the start
+model's subspaces every night (calibrated once). Results are saved after every night and a killed run
+resumes from its last finished night (`--out` JSON plus a `.pt` checkpoint beside it).
+
+    .venv/bin/python -m benchmarks.forgetting_cycles --method full --out /tmp/cycles-full.json
+    .venv/bin/python -m benchmarks.forgetting_cycles --method "projected ε=0.90 by source" --out /tmp/cycles-proj.json
+    .venv/bin/python -m benchmarks.forgetting_cycles --merge /tmp/cycles-full.json /tmp/cycles-proj.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from agent.llm import ChatModel
+from benchmarks.forgetting import METHODS, RESULTS, bench_suite, cached_base_result
+from innkeeper.settings import Settings
+from tuning import evaluate, scripted_bookings
+from tuning.baselines import train
+from tuning.data import TrainingExample
+from tuning.pipeline import (
+    CorpusSize,
+    as_batches,
+    calibrated,
+    domain_splits,
+    mean_loss,
+    protected_examples,
+    start_model_dir,
+    tuning_root,
+)
+from tuning.projected import ProjectedConfig
+
+PANELS = (
+    ("chat_kl", "chat KL(base‖tuned) per token"),
+    ("general_nll_delta_pct", "general-text NLL change, %"),
+    ("refusal", "harmful-request refusal rate"),
+    ("refusal_margin_delta", "refusal log-prob margin change"),
+)
+
+
+def main() -> None:
+    args = _parse()
+    if args.merge:
+        _merge(args.merge, args.out)
+        return
+    torch.set_num_threads(args.threads)
+    settings = Settings()
+    console = Console(width=200)
+    base = ChatModel(start_model_dir(settings))
+    model = ChatModel(start_model_dir(settings))  # trained in place, night after night
+    splits = domain_splits(settings, base.tokenizer)
+    dev_batches = as_batches(splits["dev"][: args.dev_examples], base.tokenizer, 4, 0)
+    suite = bench_suite(settings, base, args)
+    base_result = cached_base_result(settings, base, suite, args.booking_calls)
+    method, overrides, options = METHODS[args.method]
+    protected = protected_examples(base, settings, CorpusSize())
+    cfg = ProjectedConfig(steps=args.steps_per_night, batch_size=4, eval_every=0, seed=0, progress=True)
+    cfg = cfg.model_copy(update=overrides)
+    bases = None
+    if method == "projected":  # the start model's geometry, protected every night
+        bases = calibrated(base, protected[0], protected[1], cfg, tuning_root(settings) / "calibration")
+    protected_batches = as_batches(protected[0], base.tokenizer, cfg.batch_size, seed=cfg.seed)
+
+    run = _resume(args, base.version, model)
+    if not run["nights"]:
+        run["start_domain_loss"] = mean_loss(base.model, dev_batches)
+    console.print(
+        f"{args.method}: start model {base.version}, domain loss {run['start_domain_loss']:.3f}; "
+        f"{len(splits['train'])} train examples over {args.nights} nights × {args.steps_per_night} steps"
+    )
+    for night in range(len(run["nights"]) + 1, args.nights + 1):
+        examples = night_examples(splits["train"], night, args.nights, seed=args.seed)
+        started = time.perf_counter()
+        result = train(
+            method,
+            model.model,
+            as_batches(examples, base.tokenizer, cfg.batch_size, seed=night),
+            cfg.model_copy(update={"seed": night}),
+            bases=bases,
+            protected_batches=protected_batches,
+            **options,
+        )
+        train_seconds = time.perf_counter() - started
+        last = night == args.nights
+        night_suite = suite if last else replace(suite, mc_tasks={})
+        measured = evaluate.run_suite(
+            model.model,
+            model.tokenizer,
+            suite=night_suite,
+            base=evaluate.Baseline(result=base_result, model=base.model),
+            model_id=f"{args.method} night {night}",
+        )
+        if last:
+            scripted_bookings.measure_into(measured, model, settings, args.booking_calls)
+        row = {
+            "night": night,
+            "examples": len(examples),
+            "dialogues": len({e.dialogue_id for e in examples}),
+            "total_steps": night * args.steps_per_night,
+            "domain_loss": mean_loss(model.model, dev_batches),
+            "train_seconds": round(train_seconds, 1),
+            "step_seconds": sum(result.step_seconds) / max(len(result.step_seconds), 1),
+            "eval_seconds": sum(measured["timing_s"].values()),
+            **evaluate.retention_summary(measured, base_result),
+        }
+        row["domain_gain"] = run["start_domain_loss"] - row["domain_loss"]
+        run["nights"].append(row)
+        _save(run, args, model)
+        console.print(_table({args.method: run}))
+    _plot({args.method: run}, args.out.with_suffix(".png"))
+
+
+def night_examples(train: list[TrainingExample], night: int, nights: int, *, seed: int) -> list[TrainingExample]:
+    """The examples of the first night/nights of the train dialogues, in a seeded order: each night's data
+    holds every earlier night's and adds new dialogues."""
+    ids = sorted({e.dialogue_id for e in train})
+    random.Random(seed).shuffle(ids)
+    seen = set(ids[: math.ceil(len(ids) * night / nights)])
+    return [e for e in train if e.dialogue_id in seen]
+
+
+def _resume(args: argparse.Namespace, version: str, model: ChatModel) -> dict[str, Any]:
+    """The saved nights of an interrupted run of the same method, start model and schedule, weights loaded."""
+    fresh = {"method": args.method, "start_model": version, "schedule": _schedule(args), "nights": []}
+    checkpoint = args.out.with_suffix(".pt")
+    if not (args.out.exists() and checkpoint.exists()):
+        return fresh
+    saved = json.loads(args.out.read_text())
+    if any(saved.get(key) != fresh[key] for key in ("method", "start_model", "schedule")):
+        return fresh
+    model.model.load_state_dict(torch.load(checkpoint, weights_only=True))
+    return saved
+
+
+def _schedule(args: argparse.Namespace) -> dict[str, Any]:
+    return {"nights": args.nights, "steps_per_night": args.steps_per_night, "seed": args.seed}
+
+
+def _save(run: dict[str, Any], args: argparse.Namespace, model: ChatModel) -> None:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = args.out.with_suffix(".pt")
+    torch.save(model.model.state_dict(), checkpoint.with_suffix(".pt.tmp"))
+    checkpoint.with_suffix(".pt.tmp").replace(checkpoint)
+    args.out.write_text(json.dumps({**run, "args": vars(args)}, indent=1, default=str) + "\n")
+
+
+def _merge(paths: list[Path], out: Path) -> None:
+    """One table and one plot from the per-method runs."""
+    runs = {}
+    for path in paths:
+        run = json.loads(path.read_text())
+        runs[run["method"]] = run
+    out.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
+    Console(width=200).print(_table(runs))
+    _plot(runs, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+def _table(runs: dict[str, dict[str, Any]]) -> Table:
+    table = Table(title="forgetting over nightly cycles (each night continues from the last)")
+    columns = ("method", "night", "dialogues", "steps", "domain loss", "general NLL Δ", "chat KL", "refusal")
+    for column in (*columns, "margin Δ", "over-refusal", "policy", "MC retained", "s/step"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for label, run in runs.items():
+        for r in run["nights"]:
+            table.add_row(
+                label,
+                str(r["night"]),
+                str(r["dialogues"]),
+                str(r["total_steps"]),
+                f"{r['domain_loss']:.3f} (start {run['start_domain_loss']:.3f})",
+                f"{r['general_nll_delta_pct']:+.2f}%",
+                f"{r['chat_kl']:.4f}",
+                f"{r['refusal']:.0%} (base {r['refusal_base']:.0%})",
+                f"{r['refusal_margin_delta']:+.3f}" if "refusal_margin_delta" in r else "",
+                f"{r['over_refusal']:.0%} (base {r['over_refusal_base']:.0%})",
+                f"{r['policy_passed']:.0%}",
+                f"{r['mc_retained']:.0%}" if "mc_retained" in r else "",
+                f"{r['step_seconds']:.1f}",
+            )
+    return table
+
+
+def _plot(runs: dict[str, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    for ax, (key, title) in zip(axes.flat, PANELS, strict=True):
+        for label, run in runs.items():
+            nights = [r for r in run["nights"] if key in r]
+            ax.plot([r["domain_gain"] for r in nights], [r[key] for r in nights], marker="o", label=label)
+            for r in nights[:: max(len(nights) // 5, 1)]:
+                at = (r["domain_gain"], r[key])
+                ax.annotate(str(r["night"]), at, fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel("held-out domain loss reduction (nats/token)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Nightly cycles with growing data: learning vs forgetting (points: nights)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", default="projected ε=0.90 by source", choices=list(METHODS))
+    parser.add_argument("--nights", type=int, default=10)
+    parser.add_argument("--steps-per-night", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0, help="order in which dialogues arrive")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--dev-examples", type=int, default=48)
+    parser.add_argument("--mc-n", type=int, default=60, help="items per multiple-choice task (last night)")
+    parser.add_argument("--harmful-n", type=int, default=24)
+    parser.add_argument("--safe-n", type=int, default=16)
+    parser.add_argument("--text-windows", type=int, default=32)
+    parser.add_argument("--chat-n", type=int, default=24)
+    parser.add_argument("--booking-calls", type=int, default=8, help="scripted booking calls at the last night")
+    parser.add_argument("--merge", type=Path, nargs="+", help="per-method result files to merge into --out")
+    parser.add_argument("--out", type=Path, default=RESULTS / "forgetting_cycles.json")
+    args = parser.parse_args()
+    if args.nights < 1 or args.steps_per_night < 1:
+        parser.error("--nights and --steps-per-night must be at least 1")
+    return args
+
+
+if __name__ == "__main__":
+    main()
