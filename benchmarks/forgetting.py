@@ -72,7 +72,7 @@ def main() -> None:
     # One intra-op thread: step times stay comparable between methods even when the machine is shared.
     torch.set_num_threads(args.threads)
     settings = Settings()
-    console = Console()
+    console = Console(width=200)
     base_dir = start_model_dir(settings)
     base = ChatModel(base_dir)
     if args.safety_recheck:

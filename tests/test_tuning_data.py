@@ -4,6 +4,7 @@ corpus keeping clear of every evaluation row."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -322,7 +323,7 @@ def test_nightly_cycles_add_new_dialogues_each_night_and_keep_the_old() -> None:
     nights = [night_examples(train, night, 5, seed=7) for night in range(1, 6)]
     ids = [{e.dialogue_id for e in examples} for examples in nights]
     assert [len(s) for s in ids] == [5, 10, 14, 19, 23]
-    assert all(earlier < later for earlier, later in zip(ids, ids[1:], strict=False))
+    assert all(earlier < later for earlier, later in itertools.pairwise(ids))
     for examples, dialogues in zip(nights, ids, strict=True):
         assert len(examples) == sum(1 for e in train if e.dialogue_id in dialogues)
     assert nights[-1] == train
