@@ -57,6 +57,12 @@ METHODS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "projected ε=0.90 by source": ("projected", {"lr": 2e-4, "eps": 0.90, "source_weights": BY_SOURCE}, {}),
     "projected ε=0.95 by source": ("projected", {"lr": 2e-4, "eps": 0.95, "source_weights": BY_SOURCE}, {}),
     "projected ε=0.80 by source": ("projected", {"lr": 2e-4, "eps": 0.80, "source_weights": BY_SOURCE}, {}),
+    # The projection plus rehearsal of the protected corpus (25% of each batch's rows).
+    "projected ε=0.95 by source + replay 25%": (
+        "projected_replay",
+        {"lr": 2e-4, "eps": 0.95, "source_weights": BY_SOURCE},
+        {"ratio": 0.25},
+    ),
     # What a call agent must keep is how it chats and what it refuses more than how it continues WikiText.
     "projected ε=0.90 by source, chat+safety ×2": (
         "projected",

@@ -263,7 +263,7 @@ def tune_align(
 
 @tune_app.command("run")
 def tune_run(
-    method: Annotated[str | None, typer.Option(help="projected | full | lora | replay")] = None,
+    method: Annotated[str | None, typer.Option(help="projected | full | lora | replay | projected_replay")] = None,
     steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
     eps: Annotated[float | None, typer.Option(help="Protected energy fraction.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,

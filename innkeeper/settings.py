@@ -111,7 +111,7 @@ class Settings(BaseSettings):
     )
 
     # Tuning defaults (`innkeeper tune ...` options override them).
-    tune_method: str = Field(default="projected", description="projected | full | lora | replay")
+    tune_method: str = Field(default="projected", description="projected | full | lora | replay | projected_replay")
     tune_eps: float = Field(default=0.9, description="protected energy fraction per layer")
     tune_row_budget: float = Field(default=1.0, description="fraction of output rows allowed to change")
     tune_source_weights: dict[str, float] = Field(

@@ -363,9 +363,15 @@ def test_every_method_runs_through_the_dispatcher(tiny: PreTrainedModel, method:
     embeddings = tiny.get_input_embeddings().weight.detach().clone()
 
     domain = token_batches(9, DOMAIN_IDS, repeat=True)
+    before = {name: layer.weight.detach().clone() for name, layer in target_linears(tiny, cfg.targets).items()}
     result = train(method, tiny, domain, cfg, bases=bases, protected_batches=protected)
 
-    assert result.method == method and result.steps == 3 and len(result.losses) == 3
+    assert result.method == {"projected_replay": "projected"}.get(method, method)
+    assert result.steps == 3 and len(result.losses) == 3
+    if method.startswith("projected"):  # with or without rehearsal, every update leaves protected inputs alone
+        for name, layer in target_linears(tiny, cfg.targets).items():
+            delta = layer.weight.detach() - before[name]
+            assert (delta @ bases.layers[name].U).abs().max() < 1e-5 * max(delta.abs().max().item(), 1.0)
     assert not any("lora" in name for name, _ in tiny.named_parameters()), "LoRA is merged back"
     assert torch.equal(tiny.get_input_embeddings().weight, embeddings)
 

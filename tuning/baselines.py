@@ -15,7 +15,7 @@ from tuning.projected.calibrate import IGNORE_INDEX, Batch, LossFn, ProtectedBas
 from tuning.projected.config import ProjectedConfig
 from tuning.projected.train import EvalFn, ParamGroups, TrainResult, fit, train_projected
 
-METHODS = ("projected", "full", "lora", "replay")
+METHODS = ("projected", "full", "lora", "replay", "projected_replay")
 
 
 def train_full(
@@ -115,6 +115,13 @@ def train(
             if protected_batches is None:
                 raise ValueError("method 'replay' needs protected batches")
             return train_replay(model, train_batches, protected_batches, cfg, **common)
+        case "projected_replay":
+            # The projection keeps protected inputs' outputs; the rehearsed rows keep what lives in the small
+            # energy directions the subspaces leave free (measured: refusals).
+            if bases is None or protected_batches is None:
+                raise ValueError("method 'projected_replay' needs calibrated bases and protected batches")
+            mixed = _Mixed(train_batches, protected_batches, common.pop("ratio", 0.25))
+            return train_projected(model, mixed, cfg, bases, masks, **common)
     raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
 
 

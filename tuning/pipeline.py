@@ -208,7 +208,7 @@ def tune(
     train_batches = as_batches(train_examples, chat.tokenizer, cfg.batch_size, seed=cfg.seed)
     eval_batches = as_batches(eval_examples, chat.tokenizer, cfg.batch_size, seed=0)
     bases = masks = None
-    if method == "projected":
+    if method.startswith("projected"):
         bases = calibrated(chat, protected_list, provenance, cfg, tuning_root(settings) / "calibration")
         if cfg.row_budget < 1.0 or cfg.layer_row_budget:
             masks = select_rows(chat.model, bases, train_batches[:4], cfg)
