@@ -396,16 +396,18 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
         ("mc_retained", "chance-corrected MC retained"),
         ("refusal", "harmful-request refusal rate"),
     )
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9))
+    markers = "osD^v<>ph*"
     for ax, (key, title) in zip(axes.flat, panels, strict=True):
-        for r in rows:
-            ax.scatter(r["domain_gain"], r[key], s=60)
-            ax.annotate(r["label"], (r["domain_gain"], r[key]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+        for i, r in enumerate(rows):  # one legend, not labels on the points: close methods overlap
+            ax.scatter(r["domain_gain"], r[key], s=60, marker=markers[i % len(markers)], label=r["label"])
         ax.set_xlabel("held-out domain loss reduction (nats/token)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
     fig.suptitle("Learning vs forgetting on the hotel dialogues (each point: one method)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=110)
 
 
