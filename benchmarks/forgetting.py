@@ -113,13 +113,7 @@ def main() -> None:
             target = start_loss - 0.9 * (start_loss - row["domain_loss"])
             row["note"] = f"sets the target loss {target:.3f}"
         tuned, _ = load_for_eval(Path(row["artifact"]))
-        result = evaluate.run_suite(
-            tuned.model,
-            tuned.tokenizer,
-            suite=suite,
-            base=evaluate.Baseline(result=base_result, model=base.model),
-            model_id=label,
-        )
+        result = run_against(tuned, base, base_result, suite, label)
         scripted_bookings.measure_into(result, tuned, settings, args.booking_calls)
         row.update(evaluate.retention_summary(result, base_result))
         row["domain_gain"] = start_loss - row["domain_loss"]
@@ -134,6 +128,19 @@ def main() -> None:
         console.print(f"guarded base vs raw model: {json.dumps(guarded_vs_raw)}")
     _plot(rows, args.out.with_suffix(".png"))
     console.print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+
+
+def run_against(
+    tuned: ChatModel, base: ChatModel, base_result: dict[str, Any], suite: evaluate.EvalSuite, label: str
+) -> dict[str, Any]:
+    """The suite on `tuned`, paired item by item with `base` (its saved result, and its weights for the KL)."""
+    return evaluate.run_suite(
+        tuned.model,
+        tuned.tokenizer,
+        suite=suite,
+        base=evaluate.Baseline(result=base_result, model=base.model),
+        model_id=label,
+    )
 
 
 def recheck_safety(settings: Settings, base: ChatModel, args: argparse.Namespace, console: Console) -> None:
@@ -158,13 +165,7 @@ def recheck_safety(settings: Settings, base: ChatModel, args: argparse.Namespace
         if row["label"] not in args.methods or row.get("safety_recheck", {}).get("sizes") == suite.sizes():
             continue
         tuned, _ = load_for_eval(Path(row["artifact"]))
-        result = evaluate.run_suite(
-            tuned.model,
-            tuned.tokenizer,
-            suite=suite,
-            base=evaluate.Baseline(result=base_result, model=base.model),
-            model_id=row["label"],
-        )
+        result = run_against(tuned, base, base_result, suite, row["label"])
         row["safety_recheck"] = {"sizes": suite.sizes(), **_safety_flips(result)}
         args.out.write_text(json.dumps(saved, indent=1, default=str) + "\n")
     console.print(_recheck_table(saved["rows"], args))
@@ -241,6 +242,8 @@ def _parse() -> argparse.Namespace:
         help="re-score the saved rows' safety on N harmful prompts (and --safe-n safe ones); trains nothing",
     )
     args = parser.parse_args()
+    if args.safety_recheck is not None and args.safety_recheck < 1:
+        parser.error("--safety-recheck needs at least one harmful prompt")
     if args.methods[0] != "full" and not (args.resume or args.safety_recheck):
         parser.error("the first method must be 'full': it sets the matched-gain target")
     return args
@@ -285,13 +288,7 @@ def _guarded_vs_raw(
         return None
     raw = ChatModel(raw_dir)
     raw_result = cached_base_result(settings, raw, suite)
-    guarded = evaluate.run_suite(
-        base.model,
-        base.tokenizer,
-        suite=suite,
-        base=evaluate.Baseline(result=raw_result, model=raw.model),
-        model_id="guarded",
-    )
+    guarded = run_against(base, raw, raw_result, suite, "guarded")
     return evaluate.retention_summary(guarded, raw_result)
 
 

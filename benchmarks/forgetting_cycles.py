@@ -33,7 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agent.llm import ChatModel
-from benchmarks.forgetting import METHODS, RESULTS, bench_suite, cached_base_result
+from benchmarks.forgetting import METHODS, RESULTS, bench_suite, cached_base_result, run_against
 from innkeeper.settings import Settings
 from tuning import evaluate, scripted_bookings
 from tuning.baselines import train
@@ -103,13 +103,7 @@ def main() -> None:
         train_seconds = time.perf_counter() - started
         last = night == args.nights
         night_suite = suite if last else replace(suite, mc_tasks={})
-        measured = evaluate.run_suite(
-            model.model,
-            model.tokenizer,
-            suite=night_suite,
-            base=evaluate.Baseline(result=base_result, model=base.model),
-            model_id=f"{args.method} night {night}",
-        )
+        measured = run_against(model, base, base_result, night_suite, f"{args.method} night {night}")
         if last:
             scripted_bookings.measure_into(measured, model, settings, args.booking_calls)
         row = {
@@ -243,6 +237,8 @@ def _parse() -> argparse.Namespace:
     args = parser.parse_args()
     if args.nights < 1 or args.steps_per_night < 1:
         parser.error("--nights and --steps-per-night must be at least 1")
+    if missing := [str(path) for path in args.merge or () if not path.is_file()]:
+        parser.error(f"no results file: {', '.join(missing)}")
     return args
 
 

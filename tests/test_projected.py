@@ -417,3 +417,12 @@ def test_projected_learns_the_domain_and_forgets_far_less_than_full(tiny_dir: Pa
 def test_source_weights_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match="greater than or equal to 0"):
         quiet(source_weights={"safety": -1.0})
+
+
+@pytest.mark.parametrize("method", ["replay", "projected_replay"])
+def test_a_rehearsal_share_of_the_whole_batch_is_refused(tiny: PreTrainedModel, method: str) -> None:
+    cfg = quiet(eps=0.9, steps=1, batch_size=2)
+    protected = token_batches(4, PROTECTED_IDS)
+    bases = calibrate_bases(tiny, protected, cfg, model_id="tiny", corpus="random ids")
+    with pytest.raises(ValueError, match="0 <= ratio < 1"):
+        train(method, tiny, token_batches(4, DOMAIN_IDS), cfg, bases=bases, protected_batches=protected, ratio=1.0)

@@ -16,6 +16,7 @@ from tuning.projected.config import ProjectedConfig
 from tuning.projected.train import EvalFn, ParamGroups, TrainResult, fit, train_projected
 
 METHODS = ("projected", "full", "lora", "replay", "projected_replay")
+REPLAY_RATIO = 0.25  # protected share of each batch's rows for the methods that rehearse
 
 
 def train_full(
@@ -70,7 +71,7 @@ def train_replay(
     protected_batches: Iterable[Batch],
     cfg: ProjectedConfig,
     *,
-    ratio: float = 0.25,
+    ratio: float = REPLAY_RATIO,
     all_params: bool = False,
     eval_fn: EvalFn | None = None,
     loss_fn: LossFn = lm_loss,
@@ -80,8 +81,6 @@ def train_replay(
     Mixed batches are larger than the domain batches alone (extra compute per step), so compare at equal
     optimizer steps, as the loop reports them.
     """
-    if not 0.0 <= ratio < 1.0:
-        raise ValueError("ratio is the protected share of each batch: 0 <= ratio < 1")
     mixed = _Mixed(train_batches, protected_batches, ratio)
     groups = _full_groups(model, cfg, all_params)
     return fit(model, mixed, cfg, groups, method="replay", eval_fn=eval_fn, loss_fn=loss_fn)
@@ -120,7 +119,7 @@ def train(
             # energy directions the subspaces leave free (measured: refusals).
             if bases is None or protected_batches is None:
                 raise ValueError("method 'projected_replay' needs calibrated bases and protected batches")
-            mixed = _Mixed(train_batches, protected_batches, common.pop("ratio", 0.25))
+            mixed = _Mixed(train_batches, protected_batches, common.pop("ratio", REPLAY_RATIO))
             return train_projected(model, mixed, cfg, bases, masks, **common)
     raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
 
@@ -138,6 +137,8 @@ class _Mixed:
     """Re-iterable domain batches, each extended with the next protected rows (cycling the protected batches)."""
 
     def __init__(self, domain: Iterable[Batch], protected: Iterable[Batch], ratio: float):
+        if not 0.0 <= ratio < 1.0:
+            raise ValueError("ratio is the protected share of each batch: 0 <= ratio < 1")
         self.domain, self.ratio = domain, ratio
         self.protected_rows = _rows(protected)
 
