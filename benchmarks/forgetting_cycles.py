@@ -15,6 +15,13 @@ resumes from its last finished night (`--out` JSON plus a `.pt` checkpoint besid
     .venv/bin/python -m benchmarks.forgetting_cycles --method full --out /tmp/cycles-full.json
     .venv/bin/python -m benchmarks.forgetting_cycles --method "projected ε=0.90 by source" --out /tmp/cycles-proj.json
     .venv/bin/python -m benchmarks.forgetting_cycles --merge /tmp/cycles-full.json /tmp/cycles-proj.json
+
+`--long` measures long training instead: one continuous run of nights × steps-per-night steps on all train
+dialogues (one optimizer, one schedule), with the same measures every steps-per-night steps ("nights" are
+then checkpoints). It cannot resume.
+
+    .venv/bin/python -m benchmarks.forgetting_cycles --long --nights 5 --steps-per-night 80 --threads 2 \
+        --method full --out /tmp/long-full.json
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ from tuning.pipeline import (
     tuning_root,
 )
 from tuning.projected import ProjectedConfig
+from tuning.projected.calibrate import Batch, ProtectedBases
 
 PANELS = (
     ("chat_kl", "chat KL(base‖tuned) per token"),
@@ -77,7 +85,7 @@ def main() -> None:
     cfg = ProjectedConfig(steps=args.steps_per_night, batch_size=4, eval_every=0, seed=0, progress=True)
     cfg = cfg.model_copy(update=overrides)
     bases = None
-    if method == "projected":  # the start model's geometry, protected every night
+    if method.startswith("projected"):  # the start model's geometry, protected every night
         bases = calibrated(base, protected[0], protected[1], cfg, tuning_root(settings) / "calibration")
     protected_batches = as_batches(protected[0], base.tokenizer, cfg.batch_size, seed=cfg.seed)
 
@@ -88,6 +96,10 @@ def main() -> None:
         f"{args.method}: start model {base.version}, domain loss {run['start_domain_loss']:.3f}; "
         f"{len(splits['train'])} train examples over {args.nights} nights × {args.steps_per_night} steps"
     )
+    measure = _Checkpoints(model, base, base_result, suite, dev_batches, settings, args)
+    if args.long:
+        _train_long(method, model, splits["train"], cfg, bases, protected_batches, options, run, measure, args)
+        return
     for night in range(len(run["nights"]) + 1, args.nights + 1):
         examples = night_examples(splits["train"], night, args.nights, seed=args.seed)
         started = time.perf_counter()
@@ -100,27 +112,90 @@ def main() -> None:
             protected_batches=protected_batches,
             **options,
         )
-        train_seconds = time.perf_counter() - started
-        last = night == args.nights
-        night_suite = suite if last else replace(suite, mc_tasks={})
-        measured = run_against(model, base, base_result, night_suite, f"{args.method} night {night}")
-        if last:
-            scripted_bookings.measure_into(measured, model, settings, args.booking_calls)
-        row = {
-            "night": night,
-            "examples": len(examples),
-            "dialogues": len({e.dialogue_id for e in examples}),
-            "total_steps": night * args.steps_per_night,
-            "domain_loss": mean_loss(model.model, dev_batches),
-            "train_seconds": round(train_seconds, 1),
-            "step_seconds": sum(result.step_seconds) / max(len(result.step_seconds), 1),
-            "eval_seconds": sum(measured["timing_s"].values()),
-            **evaluate.retention_summary(measured, base_result),
-        }
+        row = measure(night, examples, time.perf_counter() - started, result.step_seconds)
         row["domain_gain"] = run["start_domain_loss"] - row["domain_loss"]
         run["nights"].append(row)
         _save(run, args, model)
         console.print(_table({args.method: run}))
+    _plot({args.method: run}, args.out.with_suffix(".png"))
+
+
+class _Checkpoints:
+    """One row of retention measures for the model as trained so far, against the start model."""
+
+    def __init__(
+        self,
+        model: ChatModel,
+        base: ChatModel,
+        base_result: dict[str, Any],
+        suite: evaluate.EvalSuite,
+        dev_batches: list[Batch],
+        settings: Settings,
+        args: argparse.Namespace,
+    ):
+        self.model, self.base, self.base_result, self.suite = model, base, base_result, suite
+        self.dev_batches, self.settings, self.args = dev_batches, settings, args
+
+    def __call__(
+        self, night: int, examples: list[TrainingExample], train_seconds: float, step_seconds: list[float]
+    ) -> dict[str, Any]:
+        last = night == self.args.nights
+        suite = self.suite if last else replace(self.suite, mc_tasks={})
+        measured = run_against(self.model, self.base, self.base_result, suite, f"{self.args.method} night {night}")
+        if last:
+            scripted_bookings.measure_into(measured, self.model, self.settings, self.args.booking_calls)
+        return {
+            "night": night,
+            "examples": len(examples),
+            "dialogues": len({e.dialogue_id for e in examples}),
+            "total_steps": night * self.args.steps_per_night,
+            "domain_loss": mean_loss(self.model.model, self.dev_batches),
+            "train_seconds": round(train_seconds, 1),
+            "step_seconds": sum(step_seconds) / max(len(step_seconds), 1),
+            "eval_seconds": sum(measured["timing_s"].values()),
+            **evaluate.retention_summary(measured, self.base_result),
+        }
+
+
+def _train_long(
+    method: str,
+    model: ChatModel,
+    examples: list[TrainingExample],
+    cfg: ProjectedConfig,
+    bases: ProtectedBases | None,
+    protected_batches: list[Batch],
+    options: dict[str, Any],
+    run: dict[str, Any],
+    measure: _Checkpoints,
+    args: argparse.Namespace,
+) -> None:
+    """One run of nights × steps-per-night steps on every train dialogue — one optimizer, one warmup + cosine
+    schedule — measured every steps-per-night steps. Not resumable: the optimizer state is not saved."""
+    console = Console(width=200)
+    run["nights"] = []
+    since = [time.perf_counter()]
+
+    def checkpoint(_: torch.nn.Module) -> float:
+        train_seconds = time.perf_counter() - since[0]
+        row = measure(len(run["nights"]) + 1, examples, train_seconds, [train_seconds / args.steps_per_night])
+        row["domain_gain"] = run["start_domain_loss"] - row["domain_loss"]
+        run["nights"].append(row)
+        _save(run, args, None)
+        console.print(_table({args.method: run}))
+        since[0] = time.perf_counter()  # the measuring is not training time
+        return row["domain_loss"]
+
+    steps = args.nights * args.steps_per_night
+    train(
+        method,
+        model.model,
+        as_batches(examples, model.tokenizer, cfg.batch_size, seed=0),
+        cfg.model_copy(update={"steps": steps, "eval_every": args.steps_per_night}),
+        bases=bases,
+        protected_batches=protected_batches,
+        eval_fn=checkpoint,
+        **options,
+    )
     _plot({args.method: run}, args.out.with_suffix(".png"))
 
 
@@ -147,14 +222,16 @@ def _resume(args: argparse.Namespace, version: str, model: ChatModel) -> dict[st
 
 
 def _schedule(args: argparse.Namespace) -> dict[str, Any]:
-    return {"nights": args.nights, "steps_per_night": args.steps_per_night, "seed": args.seed}
+    return {"nights": args.nights, "steps_per_night": args.steps_per_night, "seed": args.seed, "long": args.long}
 
 
-def _save(run: dict[str, Any], args: argparse.Namespace, model: ChatModel) -> None:
+def _save(run: dict[str, Any], args: argparse.Namespace, model: ChatModel | None) -> None:
+    """The rows so far, and the weights to resume from (none for a long run, which cannot resume)."""
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint = args.out.with_suffix(".pt")
-    torch.save(model.model.state_dict(), checkpoint.with_suffix(".pt.tmp"))
-    checkpoint.with_suffix(".pt.tmp").replace(checkpoint)
+    if model is not None:
+        checkpoint = args.out.with_suffix(".pt")
+        torch.save(model.model.state_dict(), checkpoint.with_suffix(".pt.tmp"))
+        checkpoint.with_suffix(".pt.tmp").replace(checkpoint)
     args.out.write_text(json.dumps({**run, "args": vars(args)}, indent=1, default=str) + "\n")
 
 
@@ -170,8 +247,17 @@ def _merge(paths: list[Path], out: Path) -> None:
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
 
+def _is_long(runs: dict[str, dict[str, Any]]) -> bool:
+    return any(run["schedule"].get("long") for run in runs.values())
+
+
 def _table(runs: dict[str, dict[str, Any]]) -> Table:
-    table = Table(title="forgetting over nightly cycles (each night continues from the last)")
+    title = (
+        "forgetting over one long run (rows: checkpoints)"
+        if _is_long(runs)
+        else "forgetting over nightly cycles (each night continues from the last)"
+    )
+    table = Table(title=title)
     columns = ("method", "night", "dialogues", "steps", "domain loss", "general NLL Δ", "chat KL", "refusal")
     for column in (*columns, "margin Δ", "over-refusal", "policy", "MC retained", "s/step"):
         table.add_column(column, justify="left" if column == "method" else "right")
@@ -213,7 +299,11 @@ def _plot(runs: dict[str, dict[str, Any]], path: Path) -> None:
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("Nightly cycles with growing data: learning vs forgetting (points: nights)")
+    fig.suptitle(
+        "Long training: learning vs forgetting (points: checkpoints)"
+        if _is_long(runs)
+        else "Nightly cycles with growing data: learning vs forgetting (points: nights)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -224,6 +314,12 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--nights", type=int, default=10)
     parser.add_argument("--steps-per-night", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0, help="order in which dialogues arrive")
+    parser.add_argument(
+        "--long",
+        action="store_true",
+        help="one continuous run of nights × steps-per-night steps on all train dialogues, measured every "
+        "steps-per-night steps (long training), instead of nights with growing data",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--dev-examples", type=int, default=48)
     parser.add_argument("--mc-n", type=int, default=60, help="items per multiple-choice task (last night)")
