@@ -35,6 +35,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -58,6 +59,7 @@ from tuning.pipeline import (
 from tuning.projected import ProjectedConfig
 from tuning.projected.calibrate import Batch, ProtectedBases
 
+MATCHED = ("chat_kl", "refusal", "refusal_margin_delta", "general_nll_delta_pct")
 PANELS = (
     ("chat_kl", "chat KL(base‖tuned) per token"),
     ("general_nll_delta_pct", "general-text NLL change, %"),
@@ -236,15 +238,59 @@ def _save(run: dict[str, Any], args: argparse.Namespace, model: ChatModel | None
 
 
 def _merge(paths: list[Path], out: Path) -> None:
-    """One table and one plot from the per-method runs."""
+    """One table and one plot from per-method runs (or earlier merges); the first run is the reference."""
     runs = {}
     for path in paths:
-        run = json.loads(path.read_text())
-        runs[run["method"]] = run
-    out.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
-    Console(width=200).print(_table(runs))
+        saved = json.loads(path.read_text())
+        runs.update(saved["runs"] if "runs" in saved else {saved["method"]: saved})
+    matched = at_matched_gain(runs)
+    out.write_text(json.dumps({"runs": runs, "at_matched_gain": matched}, indent=1) + "\n")
+    console = Console(width=200)
+    console.print(_table(runs))
+    console.print(_matched_table(matched, reference=next(iter(runs))))
     _plot(runs, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+def at_matched_gain(runs: dict[str, dict[str, Any]], keys: tuple[str, ...] = MATCHED) -> list[dict[str, Any]]:
+    """Every row of every run after the first, beside the first run's measures at the same domain gain,
+    interpolated linearly between its rows and the start model (no gain, no change); None beyond its range."""
+    reference, *others = runs.values()
+    start = {key: 0.0 for key in keys} | {"domain_gain": 0.0, "refusal": reference["nights"][0]["refusal_base"]}
+    points = sorted([start, *reference["nights"]], key=lambda r: r["domain_gain"])
+    gains = [r["domain_gain"] for r in points]
+    rows = []
+    for run in others:
+        for r in run["nights"]:
+            inside = gains[0] <= r["domain_gain"] <= gains[-1]
+            row = {"method": run["method"], "night": r["night"], "total_steps": r["total_steps"]}
+            row["domain_gain"] = r["domain_gain"]
+            for key in keys:
+                at_gain = float(np.interp(r["domain_gain"], gains, [p[key] for p in points])) if inside else None
+                row[key] = r[key]
+                row[f"reference_{key}"] = at_gain
+            rows.append(row)
+    return rows
+
+
+def _matched_table(rows: list[dict[str, Any]], reference: str) -> Table:
+    table = Table(title=f"each checkpoint against {reference} at the same domain gain (interpolated)")
+    for column in ("method", "night", "steps", "gain", "chat KL", f"{reference} KL", "× KL", "refusal", "ref."):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for r in rows:
+        ref_kl, ref_refusal = r["reference_chat_kl"], r["reference_refusal"]
+        table.add_row(
+            r["method"],
+            str(r["night"]),
+            str(r["total_steps"]),
+            f"{r['domain_gain']:.3f}",
+            f"{r['chat_kl']:.4f}",
+            f"{ref_kl:.4f}" if ref_kl is not None else "outside",
+            f"{r['chat_kl'] / ref_kl:.3f}×" if ref_kl else "",
+            f"{r['refusal']:.0%}",
+            f"{ref_refusal:.0%}" if ref_refusal is not None else "",
+        )
+    return table
 
 
 def _is_long(runs: dict[str, dict[str, Any]]) -> bool:

@@ -329,3 +329,27 @@ def test_nightly_cycles_add_new_dialogues_each_night_and_keep_the_old() -> None:
     assert nights[-1] == train
     assert night_examples(train, 1, 5, seed=7) == nights[0]  # the order is seeded
     assert {e.dialogue_id for e in night_examples(train, 1, 5, seed=8)} != ids[0]
+
+
+def test_checkpoints_are_compared_with_the_reference_at_the_same_domain_gain() -> None:
+    from benchmarks.forgetting_cycles import at_matched_gain
+
+    def row(night: int, gain: float, kl: float) -> dict:
+        measures = {"chat_kl": kl, "refusal": 0.5, "refusal_margin_delta": -kl, "general_nll_delta_pct": kl}
+        return {"night": night, "total_steps": 10 * night, "domain_gain": gain, "refusal_base": 0.8, **measures}
+
+    runs = {
+        "full": {"method": "full", "nights": [row(2, 2.0, 0.2), row(1, 1.0, 0.1)]},  # rows need not be sorted
+        "projected": {"method": "projected", "nights": [row(1, 0.5, 0.001), row(2, 1.5, 0.01), row(3, 2.5, 0.02)]},
+    }
+    matched = at_matched_gain(runs)
+
+    assert [r["night"] for r in matched] == [1, 2, 3]  # only the non-reference run's rows
+    below, between, beyond = matched
+    # Below the reference's first checkpoint the start model (no gain, no change, base refusals) anchors it.
+    assert below["reference_chat_kl"] == pytest.approx(0.05)
+    assert below["reference_refusal"] == pytest.approx(0.65)
+    assert between["reference_chat_kl"] == pytest.approx(0.15)
+    assert between["reference_refusal_margin_delta"] == pytest.approx(-0.15)
+    assert between["chat_kl"] == 0.01
+    assert beyond["reference_chat_kl"] is None  # never extrapolated
