@@ -114,11 +114,7 @@ def main() -> None:
             protected_batches=protected_batches,
             **options,
         )
-        row = measure(night, examples, time.perf_counter() - started, result.step_seconds)
-        row["domain_gain"] = run["start_domain_loss"] - row["domain_loss"]
-        run["nights"].append(row)
-        _save(run, args, model)
-        console.print(_table({args.method: run}))
+        _record(run, measure(night, examples, time.perf_counter() - started, result.step_seconds), args, model)
     _plot({args.method: run}, args.out.with_suffix(".png"))
 
 
@@ -173,17 +169,13 @@ def _train_long(
 ) -> None:
     """One run of nights × steps-per-night steps on every train dialogue — one optimizer, one warmup + cosine
     schedule — measured every steps-per-night steps. Not resumable: the optimizer state is not saved."""
-    console = Console(width=200)
     run["nights"] = []
     since = [time.perf_counter()]
 
     def checkpoint(_: torch.nn.Module) -> float:
         train_seconds = time.perf_counter() - since[0]
         row = measure(len(run["nights"]) + 1, examples, train_seconds, [train_seconds / args.steps_per_night])
-        row["domain_gain"] = run["start_domain_loss"] - row["domain_loss"]
-        run["nights"].append(row)
-        _save(run, args, None)
-        console.print(_table({args.method: run}))
+        _record(run, row, args, None)
         since[0] = time.perf_counter()  # the measuring is not training time
         return row["domain_loss"]
 
@@ -208,6 +200,14 @@ def night_examples(train: list[TrainingExample], night: int, nights: int, *, see
     random.Random(seed).shuffle(ids)
     seen = set(ids[: math.ceil(len(ids) * night / nights)])
     return [e for e in train if e.dialogue_id in seen]
+
+
+def _record(run: dict[str, Any], row: dict[str, Any], args: argparse.Namespace, model: ChatModel | None) -> None:
+    """Add a measured row (with its domain gain) to the run, save it, and print the table so far."""
+    row["domain_gain"] = run["start_domain_loss"] - row["domain_loss"]
+    run["nights"].append(row)
+    _save(run, args, model)
+    Console(width=200).print(_table({args.method: run}))
 
 
 def _resume(args: argparse.Namespace, version: str, model: ChatModel) -> dict[str, Any]:
