@@ -1,6 +1,7 @@
-"""The call path: dialogue brain, hotel tools, language model and (later) the voice loop.
+"""The call path, in the order a caller's turn crosses it.
 
-Data flow for one caller turn: text (typed, or from ASR) → `brain.Conversation.respond`
-→ understanding (slots, intents) → policy → tools (hotel database) → reply plan → LLM wording
-→ grounded reply chunks (→ TTS in the voice loop).
+`speech` (VAD, ASR, TTS engines) → `understanding` (what the words mean) → `dialogue` (state, policies,
+hotel tools, the reply plan) → `reply` (the language model and grounded wording) → `call` (the conversation,
+the voice pipeline, playback and the call log). Each subpackage imports only those before it (see
+`.importlinter`); `agent` imports `telephony` and `innkeeper.core`, nothing above.
 """

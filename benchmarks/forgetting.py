@@ -26,20 +26,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from agent.llm import ChatModel, resolve_model_dir
-from innkeeper.settings import Settings
-from tuning import evaluate, scripted_bookings
-from tuning.pipeline import (
-    CorpusSize,
-    as_batches,
-    domain_splits,
-    load_for_eval,
-    mean_loss,
-    protected_examples,
-    start_model_dir,
-    tune,
-    tuning_root,
-)
+from agent.reply.llm import ChatModel
+from innkeeper.core.settings import Settings
+from innkeeper.models.resolve import resolve_model_dir, start_model_dir, tuning_root
+from innkeeper.simulation import scripted_bookings
+from tuning import evaluate
+from tuning.pipeline import CorpusSize, as_batches, domain_splits, load_for_eval, mean_loss, protected_examples, tune
 from tuning.projected import ProjectedConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -40,22 +40,15 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from agent.llm import ChatModel
+from agent.reply.llm import ChatModel
 from benchmarks.forgetting import METHODS, RESULTS, bench_suite, cached_base_result, run_against
-from innkeeper.settings import Settings
-from tuning import evaluate, scripted_bookings
+from innkeeper.core.settings import Settings
+from innkeeper.models.resolve import start_model_dir, tuning_root
+from innkeeper.simulation import scripted_bookings
+from tuning import evaluate
 from tuning.baselines import train
-from tuning.data import TrainingExample
-from tuning.pipeline import (
-    CorpusSize,
-    as_batches,
-    calibrated,
-    domain_splits,
-    mean_loss,
-    protected_examples,
-    start_model_dir,
-    tuning_root,
-)
+from tuning.data.dialogues import TrainingExample
+from tuning.pipeline import CorpusSize, as_batches, calibrated, domain_splits, mean_loss, protected_examples
 from tuning.projected import ProjectedConfig
 from tuning.projected.calibrate import Batch, ProtectedBases
 

@@ -21,9 +21,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from agent.llm import ChatModel
-from innkeeper.provision import LLM_NAME, SMOLLM2_WHEEL, bundled_llm_path, provision_model
-from innkeeper.settings import Settings
+from agent.reply.llm import ChatModel
+from innkeeper.core.provision import LLM_NAME, SMOLLM2_WHEEL, bundled_llm_path, provision_model
+from innkeeper.core.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results" / "llm.json"
 RUNS = 5

@@ -16,7 +16,7 @@ stage's own peak):
    run's dataset.json.
 3. **swap** (`--swap`, on by default, after the largest size): the serving model and the nightly run's delta
    artifact; LLM-worded question turns, each the first line of a fresh conversation, `--swap-gap-ms` apart
-   (the caller speaking), while `agent.model_slot.ModelSlot.swap_to` loads the new version with
+   (the caller speaking), while `innkeeper.models.slot.ModelSlot.swap_to` loads the new version with
    `--swap-loader` (`process`: the server's paused low-priority loader process; `thread`: load_version in
    the swap's worker thread), `--swap-repeats` swaps in a row. Reports the load times, the reference swap's
    pause, the gap between the last turn on the old version and the first on the new, and the added latency
@@ -68,8 +68,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from innkeeper.settings import Settings
-from innkeeper.simulated_calls import NUMBER_WORDS, TODAY, PlacedCall, place_calls, plan_calls
+from innkeeper.core.settings import Settings
+from innkeeper.simulation.text_callers import NUMBER_WORDS, TODAY, PlacedCall, place_calls, plan_calls
 from tuning.gate import OPEN_GATE_SETTINGS
 
 RESULTS = Path(__file__).resolve().parent / "results" / "nightly.json"
@@ -94,7 +94,7 @@ def stage_settings(args: argparse.Namespace, home: Path, *, model: bool = True) 
     if args.tiny:
         model_dir = home / "tiny-chat"
         if model and not (model_dir / "config.json").exists():
-            from agent.llm import build_tiny_chat_model
+            from agent.reply.llm import build_tiny_chat_model
 
             build_tiny_chat_model(model_dir)
         extra |= {"llm_model": str(model_dir), "nightly_eval_size": "tiny", "nightly_heldout_fraction": 0.3}
@@ -121,10 +121,11 @@ def run_calls_stage(args: argparse.Namespace, home: Path) -> dict[str, Any]:
 def run_nightly_stage(args: argparse.Namespace, home: Path) -> dict[str, Any]:
     import torch
 
-    from innkeeper.db.database import Database
-    from innkeeper.registry import ModelRegistry
+    from innkeeper.core.db.database import Database
+    from innkeeper.models.registry import ModelRegistry
+    from innkeeper.models.resolve import start_model_dir
     from tuning.nightly import nightly_root, run_nightly
-    from tuning.pipeline import CorpusSize, start_model_dir
+    from tuning.pipeline import CorpusSize
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -214,11 +215,11 @@ async def measure_swap(settings: Settings, args: argparse.Namespace) -> dict[str
     Every turn is the first caller line of a fresh conversation, so a line's turns do the same work on the
     same weights (greedy decoding): a turn's excess over its line's median is what the swap cost it.
     """
-    from agent.hotel import load_hotel
-    from agent.model_slot import load_version, load_version_beside_calls
-    from agent.runtime import AgentRuntime
-    from innkeeper.db.database import Database
-    from tuning.pipeline import start_model_dir
+    from innkeeper.core.db.database import Database
+    from innkeeper.core.hotel import load_hotel
+    from innkeeper.models.resolve import start_model_dir
+    from innkeeper.models.slot import load_version, load_version_beside_calls
+    from innkeeper.serve.runtime import AgentRuntime
 
     base_dir = Path(args.swap_base) if args.swap_base else start_model_dir(settings)
     artifact = Path(args.swap_artifact) if args.swap_artifact else None
@@ -405,7 +406,7 @@ def _noise_artifact(base_dir: Path, out_dir: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tuning.artifacts import save_delta, weights_sha256
+    from innkeeper.models.artifacts import save_delta, weights_sha256
 
     if (out_dir / "manifest.json").exists():
         return out_dir
@@ -437,10 +438,10 @@ def run_audit_stage(args: argparse.Namespace, home: Path) -> dict[str, Any]:
 
 def audit(home: Path, nightly: dict[str, Any]) -> dict[str, Any]:
     """Per kind of call: placed, in the training set, dropped by redaction (why); and leaked personal data."""
-    from agent.hotel import load_hotel
-    from innkeeper.db.database import Database
-    from innkeeper.db.schema import utcnow
-    from tuning.curate import Dropped, hotel_terms, redact_dialogue, select_calls
+    from innkeeper.core.db.database import Database
+    from innkeeper.core.db.schema import utcnow
+    from innkeeper.core.hotel import load_hotel
+    from tuning.data.curate import Dropped, hotel_terms, redact_dialogue, select_calls
 
     calls = [PlacedCall(**c) for c in json.loads((home / "bench-calls.json").read_text())]
     dataset_path = Path(nightly["run_dir"]) / "dataset.json"

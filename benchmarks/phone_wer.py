@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from agent.asr import DecodeOptions, Recognizer, domain_hotwords, domain_prompt
-from agent.hotel import load_hotel
-from agent.tts import Synthesizer
+from agent.speech.asr import DecodeOptions, Recognizer, domain_hotwords, domain_prompt
+from agent.speech.tts import Synthesizer
 from agent.understanding.numbers import words_to_numbers
-from innkeeper.provision import bundled_piper_path, bundled_whisper_path
-from innkeeper.settings import Settings
+from innkeeper.core.hotel import load_hotel
+from innkeeper.core.provision import bundled_piper_path, bundled_whisper_path
+from innkeeper.core.settings import Settings
 from telephony.codec import mulaw_decode, mulaw_encode, pcm16_to_float32
 from telephony.resample import ASR_RATE, PHONE_RATE, resample
 

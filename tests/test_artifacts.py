@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from agent.llm import ChatModel
-from tuning.artifacts import (
+from agent.reply.llm import ChatModel
+from innkeeper.models.artifacts import (
     DELTA_FILE,
     MANIFEST_FILE,
     ArtifactError,

@@ -1,4 +1,4 @@
-"""The simulated caller (innkeeper/caller.py) against scripted fake servers on a real websocket.
+"""The simulated caller (innkeeper/simulation/voice_caller.py) against scripted fake servers on a real websocket.
 
 The fake servers are test doubles for the *peer*: they play a scripted agent, parse everything the caller
 sends with the project's own parsers, and time it. Audio is synthetic (tones) except in the one
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from innkeeper.caller import (
+from innkeeper.simulation.voice_caller import (
     CallerLine,
     CallError,
     ConnectFailed,
@@ -362,9 +362,9 @@ def test_lines_from_wavs_reads_mono_16_bit_and_rejects_the_rest(tmp_path: Path) 
 
 @pytest.mark.real_model
 def test_lines_from_text_is_phone_line_audio() -> None:
-    from agent.tts import load_synthesizer
-    from innkeeper.provision import ModelIntegrityError
-    from innkeeper.settings import Settings
+    from innkeeper.core.provision import ModelIntegrityError
+    from innkeeper.core.settings import Settings
+    from innkeeper.serve.speech import load_synthesizer
 
     try:
         synthesizer = load_synthesizer(Settings(tts_threads=1), variation=False)

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from agent.calllog import CallLog, CallNotFound, TurnRecord
-from innkeeper.db.database import Database
-from innkeeper.db.schema import Call
+from agent.call.calllog import CallLog, CallNotFound, TurnRecord
+from innkeeper.core.db.database import Database
+from innkeeper.core.db.schema import Call
 
 EASTERN = timezone(timedelta(hours=-5))
 T0 = datetime(2030, 1, 7, 9, 30, tzinfo=EASTERN)

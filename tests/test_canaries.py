@@ -8,10 +8,10 @@ import asyncio
 import pytest
 import torch
 
-from agent.llm import ChatModel
-from agent.runtime import AgentRuntime
-from innkeeper.settings import Settings
-from tuning.canaries import (
+from agent.reply.llm import ChatModel
+from innkeeper.core.settings import Settings
+from innkeeper.serve.runtime import AgentRuntime
+from tuning.data.canaries import (
     CARD_PROMPTS,
     CanaryLeak,
     assert_canaries_absent,
@@ -19,8 +19,8 @@ from tuning.canaries import (
     check_canaries,
     contains_card_number,
 )
-from tuning.curate import curate
-from tuning.data import SYSTEM_PROMPT, Dialogue
+from tuning.data.curate import curate
+from tuning.data.dialogues import SYSTEM_PROMPT, Dialogue
 
 CANARIES = Settings().nightly_canaries
 SECRET = CANARIES[0]

@@ -9,10 +9,10 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import select
 
-from agent.runtime import AgentRuntime
 from innkeeper.cli import DEMO_SCRIPT
-from innkeeper.db.schema import Booking, Call, Turn
-from innkeeper.settings import Settings
+from innkeeper.core.db.schema import Booking, Call, Turn
+from innkeeper.core.settings import Settings
+from innkeeper.serve.runtime import AgentRuntime
 
 TODAY = date(2026, 11, 26)  # a Thursday
 
@@ -204,8 +204,8 @@ def test_sold_out_room_type_is_not_offered(runtime):
 @pytest.mark.real_model
 def test_booking_with_the_bundled_model_keeps_every_fact_exact(sqlite_db, tmp_path):
     """The real SmolLM2 words the replies; the booking and the read-back facts must still be exact."""
-    from agent.llm import load_chat_model
-    from innkeeper.provision import ModelIntegrityError
+    from innkeeper.core.provision import ModelIntegrityError
+    from innkeeper.models.resolve import load_chat_model
 
     settings = Settings(home=tmp_path, today=TODAY, database_url=sqlite_db.engine.url.render_as_string(False))
     try:
@@ -222,9 +222,9 @@ def test_booking_with_the_bundled_model_keeps_every_fact_exact(sqlite_db, tmp_pa
 
 
 def test_a_database_outage_costs_an_apology_not_the_call(sqlite_db, tmp_path):
-    from agent.calllog import CallLog
-    from agent.tools import HotelTools
-    from innkeeper.db.database import Database
+    from agent.call.calllog import CallLog
+    from agent.dialogue.tools import HotelTools
+    from innkeeper.core.db.database import Database
 
     settings = Settings(home=tmp_path, today=TODAY)
     down = Database("postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=1")

@@ -11,12 +11,12 @@ import pytest
 from sqlalchemy import select, update
 from transformers import AutoTokenizer
 
-from agent.calllog import CallLog
-from agent.runtime import AgentRuntime
-from innkeeper.db.schema import Call, Turn, utcnow
-from innkeeper.settings import Settings
-from tuning.canaries import contains_card_number
-from tuning.curate import (
+from agent.call.calllog import CallLog
+from innkeeper.core.db.schema import Call, Turn, utcnow
+from innkeeper.core.settings import Settings
+from innkeeper.serve.runtime import AgentRuntime
+from tuning.data.canaries import contains_card_number
+from tuning.data.curate import (
     CARD,
     CODE,
     EMAIL,
@@ -30,7 +30,7 @@ from tuning.curate import (
     redact_dialogue,
     select_calls,
 )
-from tuning.data import IGNORE_INDEX, Dialogue, build_examples, import_dialogues
+from tuning.data.dialogues import IGNORE_INDEX, Dialogue, build_examples, import_dialogues
 
 TODAY = date(2026, 11, 26)
 GREETING = "Thank you for calling The Harbor View Inn. How can I help you today?"

@@ -17,10 +17,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Inspector, MetaData, inspect, select
 from sqlalchemy.exc import OperationalError
 
-from agent.calllog import CallLog
-from agent.codes import CODE_PATTERN
-from agent.hotel import HotelProfile, load_hotel
-from agent.tools import (
+from agent.call.calllog import CallLog
+from agent.dialogue.tools import (
     BookingNotFound,
     BookingView,
     HotelTools,
@@ -28,9 +26,11 @@ from agent.tools import (
     NoAvailability,
     ToolError,
 )
-from innkeeper.db.database import Database, DatabaseUnavailable
-from innkeeper.db.schema import Base, Booking, Guest, Inventory, Rate, RoomType
-from innkeeper.settings import Settings
+from innkeeper.core.codes import CODE_PATTERN
+from innkeeper.core.db.database import Database, DatabaseUnavailable
+from innkeeper.core.db.schema import Base, Booking, Guest, Inventory, Rate, RoomType
+from innkeeper.core.hotel import HotelProfile, load_hotel
+from innkeeper.core.settings import Settings
 
 TODAY = date(2030, 1, 7)  # a Monday
 
@@ -400,4 +400,4 @@ def test_hung_postgres_server_times_out(silent_server: int) -> None:
 def test_unopenable_sqlite_file_is_reported(tmp_path: Path) -> None:
     (tmp_path / "not-a-dir").write_text("")
     with pytest.raises(DatabaseUnavailable):
-        Database(f"sqlite:///{tmp_path / 'not-a-dir' / 'innkeeper.db'}").ping()
+        Database(f"sqlite:///{tmp_path / 'not-a-dir' / 'innkeeper.core.db'}").ping()

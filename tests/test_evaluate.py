@@ -12,10 +12,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from innkeeper.settings import Settings
+from innkeeper.core.settings import Settings
 from tuning import evaluate as ev
-from tuning.data import Dialogue, build_examples
-from tuning.safety import POLICY_PROBES, is_refusal
+from tuning.data.dialogues import Dialogue, build_examples
+from tuning.refusals import POLICY_PROBES, is_refusal
 
 TEXTS = [
     "Breakfast is served from six thirty to ten thirty in the morning in the Galley restaurant.",

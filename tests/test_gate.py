@@ -64,7 +64,7 @@ def test_a_measure_that_was_not_run_is_no_evidence():
 
 
 def test_budgets_come_from_settings():
-    from innkeeper.settings import Settings
+    from innkeeper.core.settings import Settings
 
     budgets = GateBudgets.from_settings(Settings(gate_max_chat_kl=0.5, gate_min_domain_gain=0.0))
     decision = decide(

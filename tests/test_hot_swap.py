@@ -24,22 +24,22 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from agent.llm import ChatModel
-from agent.model_slot import (
+from agent.call.turns import TurnsInProgress
+from agent.reply.llm import ChatModel
+from innkeeper.core.db.database import Database
+from innkeeper.core.settings import Settings
+from innkeeper.models.artifacts import DELTA_FILE, save_delta, weights_sha256
+from innkeeper.models.registry import ModelRegistry, ModelVersion, VersionStatus
+from innkeeper.models.slot import (
     ModelLoadError,
     ModelSlot,
     SwapInProgress,
-    TurnsInProgress,
     load_version,
     load_version_beside_calls,
 )
-from agent.runtime import AgentRuntime
-from innkeeper.db.database import Database
-from innkeeper.model_admin import NO_LLM, AdminError, ModelAdmin
-from innkeeper.registry import ModelRegistry, ModelVersion, VersionStatus
-from innkeeper.server import create_app
-from innkeeper.settings import Settings
-from tuning.artifacts import DELTA_FILE, save_delta, weights_sha256
+from innkeeper.serve.admin import NO_LLM, AdminError, ModelAdmin
+from innkeeper.serve.app import create_app
+from innkeeper.serve.runtime import AgentRuntime
 
 from .conftest import serving
 
@@ -301,7 +301,7 @@ def test_a_turn_left_open_stops_holding_loads_back(monkeypatch):
     stuck = turns.during()
     stuck.__enter__()  # a reply stream its consumer never closed
     assert turns
-    monkeypatch.setattr("agent.model_slot.TURN_BUSY_MAX_S", 0.0)
+    monkeypatch.setattr("agent.call.turns.TURN_BUSY_MAX_S", 0.0)
     assert not turns
 
 
@@ -469,7 +469,7 @@ def http(method: str, url: str, token: str | None = None) -> tuple[int, dict]:
 
 @pytest.fixture(scope="module")
 def speech_models():
-    from agent.voice import load_speech_models
+    from innkeeper.serve.speech import load_speech_models
 
     return load_speech_models(Settings(partial_transcripts_ms=None, endpoint_silence_ms=640))
 
@@ -506,7 +506,7 @@ def test_admin_api_needs_its_token(tmp_path, sqlite_db, base_dir, speech_models)
 @pytest.mark.real_model
 def test_three_calls_survive_a_promotion_through_the_admin_api(tmp_path, sqlite_db, base_dir, artifacts, speech_models):
     """The issue's test: live calls over the plain websocket while the admin API promotes a new version."""
-    from innkeeper.caller import lines_from_text, place_call
+    from innkeeper.simulation.voice_caller import lines_from_text, place_call
 
     settings = settings_for(tmp_path, sqlite_db, base_dir, admin_token=TOKEN)
     registry = ModelRegistry.from_settings(settings, db=sqlite_db)

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from agent.llm import THREAD_NAME, ChatModel, _StopCutter, build_tiny_chat_model, load_chat_model
-from innkeeper.provision import LLM_NAME, MANIFEST, ModelIntegrityError, write_manifest
-from innkeeper.settings import Settings
+from agent.reply.llm import THREAD_NAME, ChatModel, _StopCutter, build_tiny_chat_model
+from innkeeper.core.provision import LLM_NAME, MANIFEST, ModelIntegrityError, write_manifest
+from innkeeper.core.settings import Settings
+from innkeeper.models.resolve import load_chat_model
 
 MESSAGES = [
     {"role": "system", "content": "You are the front desk of a small hotel."},

@@ -13,10 +13,10 @@ from datetime import date
 import pytest
 from rich.console import Console
 
-from agent.llm import build_tiny_chat_model
-from agent.runtime import AgentRuntime
-from innkeeper.registry import ModelRegistry, VersionStatus
-from innkeeper.settings import Settings
+from agent.reply.llm import build_tiny_chat_model
+from innkeeper.core.settings import Settings
+from innkeeper.models.registry import ModelRegistry, VersionStatus
+from innkeeper.serve.runtime import AgentRuntime
 from tuning.gate import OPEN_GATE_SETTINGS
 from tuning.nightly import nightly_root, run_nightly
 from tuning.pipeline import CorpusSize

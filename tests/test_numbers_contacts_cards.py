@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from agent.codes import CODE_ALPHABET, new_confirmation_code
 from agent.understanding.cards import MASK, contains_card_like_number, luhn_valid, mask_card_numbers
 from agent.understanding.contacts import find_confirmation_code, find_email, find_phone
 from agent.understanding.dates import parse_guest_count
 from agent.understanding.numbers import normalize_spoken_digits, parse_number, words_to_numbers
+from innkeeper.core.codes import CODE_ALPHABET, new_confirmation_code
 
 
 @pytest.mark.parametrize(

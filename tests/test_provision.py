@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from innkeeper import provision
-from innkeeper.provision import (
+from innkeeper.core import provision
+from innkeeper.core.provision import (
     MANIFEST,
     Copied,
     ModelIntegrityError,
@@ -32,7 +32,7 @@ from innkeeper.provision import (
     verify_model_dir,
     write_manifest,
 )
-from innkeeper.settings import Settings
+from innkeeper.core.settings import Settings
 
 PART1 = bytes(range(256)) * 400
 PART2 = b"second part " * 3000

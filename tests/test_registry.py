@@ -21,8 +21,10 @@ from typer.testing import CliRunner
 
 from innkeeper import cli as cli_module
 from innkeeper.cli import app
-from innkeeper.db.database import Database
-from innkeeper.registry import (
+from innkeeper.core.db.database import Database
+from innkeeper.core.settings import Settings, get_settings
+from innkeeper.models.artifacts import DELTA_FILE, MANIFEST_FILE, save_delta, verify_artifact, weights_sha256
+from innkeeper.models.registry import (
     COMPLETE_MARKER,
     ArtifactStore,
     ModelRegistry,
@@ -30,8 +32,6 @@ from innkeeper.registry import (
     RegistryError,
     VersionStatus,
 )
-from innkeeper.settings import Settings, get_settings
-from tuning.artifacts import DELTA_FILE, MANIFEST_FILE, save_delta, verify_artifact, weights_sha256
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from innkeeper.settings import Settings
-from innkeeper.simulated_calls import TODAY
-from tuning.scripted_bookings import booking_scripts, scripted_bookings
+from innkeeper.core.settings import Settings
+from innkeeper.simulation.scripted_bookings import booking_scripts, scripted_bookings
+from innkeeper.simulation.text_callers import TODAY
 
 
 class Parrot:

@@ -5,21 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.asr import (
+from agent.speech.asr import (
     QUIET_DBFS,
     Recognizer,
     SegmentStats,
     domain_hotwords,
     domain_prompt,
     is_hallucination,
-    load_recognizer,
     peak_frame_dbfs,
 )
-from agent.hotel import HotelProfile
-from agent.tts import Synthesizer, load_synthesizer
+from agent.speech.tts import Synthesizer
 from benchmarks.phone_wer import edit_distance, normalize, phone_channel, wer
-from innkeeper.provision import ModelIntegrityError
-from innkeeper.settings import Settings
+from innkeeper.core.hotel import HotelProfile
+from innkeeper.core.provision import ModelIntegrityError
+from innkeeper.core.settings import Settings
+from innkeeper.serve.speech import load_recognizer, load_synthesizer
 from telephony.resample import ASR_RATE, PHONE_RATE, resample
 
 RATE = 16000

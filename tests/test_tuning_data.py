@@ -15,11 +15,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from agent.calllog import CallLog
-from innkeeper.db.database import Database
-from innkeeper.settings import Settings
-from tuning import corpus
-from tuning.data import (
+from agent.call.calllog import CallLog
+from innkeeper.core.db.database import Database
+from innkeeper.core.settings import Settings
+from tuning.data import corpus
+from tuning.data.dialogues import (
     IGNORE_INDEX,
     SYSTEM_PROMPT,
     Dialogue,

@@ -6,11 +6,13 @@ import json
 
 import pytest
 
-from agent.llm import ChatModel, build_tiny_chat_model
-from innkeeper.settings import Settings
-from tuning.artifacts import verify_artifact
-from tuning.data import import_dialogues, load_shared_dialogues
-from tuning.pipeline import CorpusSize, align, evaluate_model, guarded_dir, run_domain_tuning, start_model_dir
+from agent.reply.llm import ChatModel, build_tiny_chat_model
+from innkeeper.core.settings import Settings
+from innkeeper.models.artifacts import verify_artifact
+from innkeeper.models.resolve import guarded_dir, start_model_dir
+from innkeeper.simulation.scripted_bookings import measure_into
+from tuning.data.dialogues import import_dialogues, load_shared_dialogues
+from tuning.pipeline import CorpusSize, align, evaluate_model, run_domain_tuning
 from tuning.projected import ProjectedConfig
 
 SIZE = CorpusSize(text_tokens=512, chats=2, safety=4, max_len=128)
@@ -42,7 +44,12 @@ def test_align_then_tune_then_eval(tiny_settings, sqlite_db):
     assert tuned.metrics["steps"] == 3 and 0.0 < tuned.metrics["mean_kept_fraction"] <= 1.0
     assert tuned.base_dir == guarded_dir(tiny_settings)
 
-    result, base_result, table = evaluate_model(tiny_settings, tuned.artifact, size="tiny", booking_calls=2)
+    result, base_result, table = evaluate_model(
+        tiny_settings,
+        tuned.artifact,
+        size="tiny",
+        extra_measure=lambda result, model: measure_into(result, model, tiny_settings, 2),
+    )
     assert result["base_model"] == base_result["model"]
     assert "general" in json.dumps(result["measures"]).lower()
     for measured in (result, base_result):  # the random tiny model words nothing; the brain books anyway

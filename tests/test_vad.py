@@ -1,4 +1,4 @@
-"""Streaming Silero VAD and end-of-turn detection (agent/vad.py).
+"""Streaming Silero VAD and end-of-turn detection (agent/speech/vad.py).
 
 The state machine is tested twice: on scripted probabilities (a fake VAD that reads each window's
 probability from the audio itself, so timings are exact) and on real speech from the bundled Piper
@@ -16,8 +16,8 @@ import numpy.typing as npt
 import pytest
 from faster_whisper.vad import SileroVADModel
 
-from agent.tts import Synthesizer, load_synthesizer
-from agent.vad import (
+from agent.speech.tts import Synthesizer
+from agent.speech.vad import (
     WINDOW,
     EarlyEnd,
     End,
@@ -31,8 +31,9 @@ from agent.vad import (
     default_vad,
     silero_model_path,
 )
-from innkeeper.provision import ModelIntegrityError
-from innkeeper.settings import Settings
+from innkeeper.core.provision import ModelIntegrityError
+from innkeeper.core.settings import Settings
+from innkeeper.serve.speech import load_synthesizer
 from telephony.codec import float32_to_pcm16, mulaw_decode, mulaw_encode, pcm16_to_float32
 from telephony.resample import ASR_RATE, resample
 

@@ -22,11 +22,12 @@ import websockets
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 
-from agent.runtime import AgentRuntime
-from agent.voice import SpeechModels, load_speech_models
-from innkeeper.caller import CallerLine, lines_from_text, place_call
-from innkeeper.server import create_app
-from innkeeper.settings import Settings
+from agent.call.voice import SpeechModels
+from innkeeper.core.settings import Settings
+from innkeeper.serve.app import create_app
+from innkeeper.serve.runtime import AgentRuntime
+from innkeeper.serve.speech import load_speech_models
+from innkeeper.simulation.voice_caller import CallerLine, lines_from_text, place_call
 from telephony import plain_protocol
 from telephony.codec import pcm16_to_bytes
 from telephony.resample import resample

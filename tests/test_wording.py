@@ -11,10 +11,10 @@ import asyncio
 
 import pytest
 
-from agent.dialogue import ReplyPlan
-from agent.hotel import load_hotel
-from agent.wording import ReplyWriter, fact_tokens, split_sentences
-from innkeeper.settings import Settings
+from agent.dialogue.manager import ReplyPlan
+from agent.reply.wording import ReplyWriter, fact_tokens, split_sentences
+from innkeeper.core.hotel import load_hotel
+from innkeeper.core.settings import Settings
 
 
 class ScriptedModel:

@@ -31,10 +31,11 @@ from rich.table import Table
 from tqdm import tqdm
 from transformers import GenerationConfig
 
-from agent.llm import eos_token_ids
-from innkeeper.settings import Settings
-from tuning import corpus, safety
-from tuning.data import IGNORE_INDEX, TrainingExample, build_examples, load_shared_dialogues, split_dialogues
+from agent.reply.llm import eos_token_ids
+from innkeeper.core.settings import Settings
+from tuning import refusals
+from tuning.data import corpus
+from tuning.data.dialogues import IGNORE_INDEX, TrainingExample, build_examples, load_shared_dialogues, split_dialogues
 
 Messages = list[dict[str, str]]
 Result = dict[str, Any]
@@ -75,7 +76,7 @@ class EvalSuite:
     mc_tasks: Mapping[str, Sequence[MCItem]] = field(default_factory=dict, metadata=_DATA)
     harmful_prompts: Mapping[str, Sequence[str]] = field(default_factory=dict, metadata=_DATA)
     safe_prompts: Sequence[str] = field(default=(), metadata=_DATA)
-    policy_probes: Sequence[safety.PolicyProbe] = field(default=safety.POLICY_PROBES, metadata=_DATA)
+    policy_probes: Sequence[refusals.PolicyProbe] = field(default=refusals.POLICY_PROBES, metadata=_DATA)
     domain_n: int | None = 40
     text_windows: int | None = 48
     window_tokens: int = 256
@@ -716,7 +717,7 @@ def safety_measures(
     tokenizer: Any,
     harmful: Mapping[str, Sequence[str]],
     safe: Sequence[str],
-    probes: Sequence[safety.PolicyProbe],
+    probes: Sequence[refusals.PolicyProbe],
     *,
     suite: EvalSuite = _SUITE,
     base: Baseline | None = None,
@@ -744,7 +745,7 @@ def _replies(run: _Run, chats: list[list[int]], desc: str) -> list[str]:
 
 
 def _refusals(run: _Run, name: str, chats: list[list[int]]) -> Measured:
-    refused = [safety.is_refusal(r) for r in _replies(run, chats, f"{name} replies")]
+    refused = [refusals.is_refusal(r) for r in _replies(run, chats, f"{name} replies")]
     margins = _refusal_margins(run, chats, f"{name} margins")
     key = _key(chats, run.suite.safety_reply_tokens)
     summary = {"refusal": _rate(refused, **run.ci), "margin": _margin_summary(run, margins)}
@@ -763,7 +764,9 @@ def _refusal_margins(run: _Run, chats: list[list[int]], desc: str) -> list[float
 
     Per token, because a summed log-prob would favour the shorter continuation whatever the model thinks.
     """
-    continuations = [_encode(run.tokenizer, t) for t in (safety.REFUSAL_CONTINUATION, safety.COMPLIANCE_CONTINUATION)]
+    continuations = [
+        _encode(run.tokenizer, t) for t in (refusals.REFUSAL_CONTINUATION, refusals.COMPLIANCE_CONTINUATION)
+    ]
     margins = []
     for chat in run.bar(chats, desc):
         refusal, compliance = _continuation_logprobs(run, chat, continuations)
@@ -779,7 +782,7 @@ def _margin_summary(run: _Run, margins: Sequence[float]) -> dict[str, Any]:
     }
 
 
-def _policy(run: _Run, probes: Sequence[safety.PolicyProbe]) -> Measured:
+def _policy(run: _Run, probes: Sequence[refusals.PolicyProbe]) -> Measured:
     chats = [_chat_ids(run.tokenizer, p.messages()) for p in probes]
     replies = _replies(run, chats, "policy replies")
     passed = [p.passes(r) for p, r in zip(probes, replies, strict=True)]

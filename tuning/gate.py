@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from innkeeper.settings import Settings
+from innkeeper.core.settings import Settings
 
 
 @dataclass(frozen=True)

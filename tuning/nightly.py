@@ -1,11 +1,11 @@
 """`innkeeper tune nightly`: learn from the logged calls, safely, and tell the serving process.
 
-    curate   select finished, eligible calls; redact personal data; filter poisoned turns  (tuning/curate.py)
+    curate   select finished, eligible calls; redact personal data; filter poisoned turns  (tuning/data/curate.py)
     train    from the guarded base, on all eligible calls but a held-out share (projected method)
     evaluate the candidate, the base and the serving model on one suite              (tuning/evaluate.py)
     gate     domain gain vs the serving model, retention and safety budgets vs the base,
-             memorization canaries                                        (tuning/gate.py, tuning/canaries.py)
-    register the version with its metrics and lineage (the call ids it learned from)  (innkeeper/registry.py)
+             memorization canaries                                        (tuning/gate.py, tuning/data/canaries.py)
+    register the version with its metrics and lineage (the call ids it learned from)  (innkeeper/models/registry.py)
     promote  if it passed: the registry says so, and `innkeeper serve` swaps to it between turns
 
 Each run lives in its own directory under `home/tuning/nightly/` with a `state.json` written after every
@@ -30,9 +30,9 @@ from typing import Any
 
 from rich.console import Console
 
-from innkeeper.db.database import Database
-from innkeeper.registry import ModelRegistry, VersionStatus
-from innkeeper.settings import Settings
+from innkeeper.core.db.database import Database
+from innkeeper.core.settings import Settings
+from innkeeper.models.registry import ModelRegistry, VersionStatus
 from tuning.pipeline import CorpusSize
 
 log = logging.getLogger(__name__)
@@ -159,8 +159,8 @@ def run_nightly(
 
 # ---------------------------------------------------------------------- the steps
 def _curate(settings: Settings, db: Database, run: NightlyRun, force: bool, report: NightlyReport) -> dict | None:
-    from tuning.canaries import assert_canaries_absent
-    from tuning.curate import curate
+    from tuning.data.canaries import assert_canaries_absent
+    from tuning.data.curate import curate
 
     curation = curate(db, settings, since=None, flagged_turns=_flagged_turns(db))
     assert_canaries_absent(curation.dialogues, settings.nightly_canaries)
@@ -183,8 +183,9 @@ def _curate(settings: Settings, db: Database, run: NightlyRun, force: bool, repo
 
 
 def _train(settings: Settings, run: NightlyRun, size: CorpusSize, overrides: dict[str, Any]) -> dict[str, Any]:
-    from tuning.artifacts import verify_artifact
-    from tuning.pipeline import guarded_dir, start_model_dir, tune, tune_config
+    from innkeeper.models.artifacts import verify_artifact
+    from innkeeper.models.resolve import guarded_dir, start_model_dir
+    from tuning.pipeline import tune, tune_config
 
     artifact = run.dir / "artifact"
     base_dir = start_model_dir(settings)
@@ -220,9 +221,10 @@ def _evaluate(settings: Settings, registry: ModelRegistry, run: NightlyRun) -> d
     """The candidate against the guarded base on the gate's suite, and the serving model's domain NLL."""
     from dataclasses import replace
 
-    from agent.llm import ChatModel
+    from agent.reply.llm import ChatModel
+    from innkeeper.models.resolve import start_model_dir
     from tuning import evaluate
-    from tuning.pipeline import load_for_eval, start_model_dir
+    from tuning.pipeline import load_for_eval
 
     _, heldout, domain_source = _examples(settings, run)
     candidate, _ = load_for_eval(Path(run.output("train")["artifact"]))
@@ -260,7 +262,7 @@ def _evaluate(settings: Settings, registry: ModelRegistry, run: NightlyRun) -> d
 
 
 def _gate(settings: Settings, run: NightlyRun) -> dict[str, Any]:
-    from tuning.canaries import check_canaries
+    from tuning.data.canaries import check_canaries
     from tuning.gate import GateBudgets, decide
     from tuning.pipeline import load_for_eval
 
@@ -311,8 +313,8 @@ def _examples(settings: Settings, run: NightlyRun) -> tuple[list, list, str]:
     """(train, held-out) examples from the run's frozen dataset, tokenized for the base model."""
     from transformers import AutoTokenizer
 
-    from tuning.data import Dialogue, build_examples, load_shared_dialogues, split_dialogues
-    from tuning.pipeline import start_model_dir
+    from innkeeper.models.resolve import start_model_dir
+    from tuning.data.dialogues import Dialogue, build_examples, load_shared_dialogues, split_dialogues
 
     tokenizer = AutoTokenizer.from_pretrained(start_model_dir(settings))
     raw = json.loads((run.dir / "dataset.json").read_text())
@@ -337,7 +339,7 @@ def _flagged_turns(db: Database) -> frozenset[int]:
     """Agent turns an operator flagged as bad (`flagged` in the turn's latencies JSON, set by review tools)."""
     from sqlalchemy import select
 
-    from innkeeper.db.schema import Turn
+    from innkeeper.core.db.schema import Turn
 
     def work(session) -> frozenset[int]:
         rows = session.execute(select(Turn.id, Turn.latencies).where(Turn.role == "agent"))

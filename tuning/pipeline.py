@@ -13,7 +13,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,12 +22,14 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer
 
-from agent.llm import ChatModel, resolve_model_dir
-from innkeeper.settings import Settings
-from tuning import corpus, evaluate, scripted_bookings
-from tuning.artifacts import apply_delta, export_hf, load_delta, read_manifest, save_delta, weights_sha256
+from agent.reply.llm import ChatModel
+from innkeeper.core.settings import Settings
+from innkeeper.models.artifacts import apply_delta, export_hf, load_delta, read_manifest, save_delta, weights_sha256
+from innkeeper.models.resolve import guarded_dir, resolve_model_dir, start_model_dir, tuning_root
+from tuning import evaluate
 from tuning.baselines import train
-from tuning.data import (
+from tuning.data import corpus
+from tuning.data.dialogues import (
     TrainingExample,
     batches,
     build_examples,
@@ -77,21 +79,6 @@ def tune_config(settings: Settings, **overrides: object) -> ProjectedConfig:
 
 
 # ---------------------------------------------------------------------- where things live
-def tuning_root(settings: Settings) -> Path:
-    return settings.home / "tuning"
-
-
-def guarded_dir(settings: Settings) -> Path:
-    """The deployed base produced by `align` (a plain HF directory)."""
-    return tuning_root(settings) / "guarded" / "model"
-
-
-def start_model_dir(settings: Settings) -> Path:
-    """What domain tuning starts from: the guarded base once it exists, else the configured model."""
-    guarded = guarded_dir(settings)
-    return guarded if (guarded / "config.json").exists() else resolve_model_dir(settings)
-
-
 # ---------------------------------------------------------------------- data
 def domain_splits(settings: Settings, tokenizer: Any, *, db: Any = None, max_tokens: int = 512) -> dict[str, list]:
     """Training examples per split from the logged and imported conversations (or the shared files)."""
@@ -324,7 +311,7 @@ def align(settings: Settings, cfg: ProjectedConfig, *, size: CorpusSize = Corpus
 
 
 def _policy_example(chat: ChatModel, prompt: str, reply: str) -> TrainingExample | None:
-    from tuning.data import SYSTEM_PROMPT
+    from tuning.data.dialogues import SYSTEM_PROMPT
 
     messages = [
         {"role": "system", "content": SYSTEM_PROMPT},
@@ -366,18 +353,22 @@ def load_for_eval(path: Path) -> tuple[ChatModel, Path | None]:
     return chat, base_dir
 
 
+ExtraMeasure = Callable[[dict[str, Any], ChatModel], bool]
+
+
 def evaluate_model(
     settings: Settings,
     model_path: Path,
     *,
     base_path: Path | None = None,
     size: str = "medium",
-    booking_calls: int = 0,
+    extra_measure: ExtraMeasure | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], str]:
     """`innkeeper tune eval`: the suite on the model and its base; returns (result, base result, table).
 
-    `booking_calls` > 0 adds the generation-based domain measure: that many scripted booking calls through
-    the brain, worded by each model (tuning/scripted_bookings.py).
+    `extra_measure(result, model)` adds a measure to both results, e.g. the CLI's scripted booking calls
+    through the brain, worded by each model (`innkeeper.simulation.scripted_bookings.measure_into`); it
+    returns whether it changed the result, so a cached base result is saved again.
     """
     chat, artifact_base = load_for_eval(model_path)
     base_dir = Path(base_path or artifact_base or start_model_dir(settings))
@@ -387,7 +378,7 @@ def evaluate_model(
     if not cache.exists():
         evaluate.save_result(evaluate.run_suite(base.model, base.tokenizer, suite=suite, model_id=base.version), cache)
     base_result = evaluate.load_result(cache)
-    if scripted_bookings.measure_into(base_result, base, settings, booking_calls):
+    if extra_measure is not None and extra_measure(base_result, base):
         evaluate.save_result(base_result, cache)
     result = evaluate.run_suite(
         chat.model,
@@ -396,6 +387,7 @@ def evaluate_model(
         base=evaluate.Baseline(result=base_result, model=base.model),
         model_id=chat.version,
     )
-    scripted_bookings.measure_into(result, chat, settings, booking_calls)
+    if extra_measure is not None:
+        extra_measure(result, chat)
     evaluate.save_result(result, tuning_root(settings) / "evals" / f"{_stamp()}-{size}.json")
     return result, base_result, evaluate.render_table(result, base_result)

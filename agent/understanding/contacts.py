@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from agent.codes import CODE_ALPHABET, CODE_LENGTH, CODE_PATTERN
 from agent.understanding.cards import luhn_valid
 from agent.understanding.numbers import normalize_spoken_digits
+from innkeeper.core.codes import CODE_ALPHABET, CODE_LENGTH, CODE_PATTERN
 
 _PHONE_SPAN = re.compile(r"(\+\s*)?\(?\d[\d().\s-]*\d")
 

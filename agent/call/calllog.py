@@ -1,0 +1,237 @@
+"""The call log: every call and its turns with timings, the record the nightly tuning learns from.
+
+The brain masks card numbers before it logs a turn; this module stores what it is given.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from innkeeper.core.db.database import Database
+from innkeeper.core.db.schema import TURN_ROLES, Call, Turn, utcnow
+
+
+class CallNotFound(LookupError):
+    """No call with that id is in the log."""
+
+
+@dataclass(frozen=True)
+class TurnRecord:
+    """One logged turn, as stored (timestamps in UTC)."""
+
+    id: int
+    call_id: str
+    index: int
+    role: str
+    text: str
+    started_at: datetime
+    ended_at: datetime
+    tool_calls: list[dict[str, Any]] | None
+    latencies: dict[str, float] | None
+    model_version: str | None
+    flagged: bool
+
+
+class CallLog:
+    """Writes calls and turns to the database and reads transcripts back."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def start_call(
+        self,
+        *,
+        channel: str,
+        caller_number: str | None = None,
+        model_version: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        call_id: str | None = None,
+    ) -> str:
+        """Open a call record and return its id (`call_id` if given, else a new uuid4 string)."""
+        call_id, started_at = call_id or str(uuid.uuid4()), utcnow()
+
+        def work(session: Session) -> str:
+            session.add(
+                Call(
+                    id=call_id,
+                    channel=channel,
+                    caller_number=caller_number,
+                    started_at=started_at,
+                    model_version=model_version,
+                    meta=dict(metadata or {}),
+                )
+            )
+            return call_id
+
+        return self._db.transact(work)
+
+    def log_turn(
+        self,
+        call_id: str,
+        *,
+        role: str,
+        text: str,
+        started_at: datetime,
+        ended_at: datetime,
+        model_version: str | None = None,
+        tool_calls: list[dict[str, Any]] | None = None,
+        latencies: dict[str, float] | None = None,
+    ) -> int:
+        """Append a turn and return its 0-based index in the call.
+
+        Timestamps must be timezone-aware; `latencies` maps stage name to milliseconds. A turn without
+        a model version inherits the call's.
+        """
+        if role not in TURN_ROLES:
+            raise ValueError(f"unknown role {role!r}; expected one of {TURN_ROLES}")
+        if started_at.tzinfo is None or ended_at.tzinfo is None:
+            raise ValueError("turn timestamps must be timezone-aware")
+
+        def work(session: Session) -> int:
+            # Locking the call row gives concurrent writers to one call distinct, gap-free indexes.
+            call = _get_call(session, call_id, for_update=True)
+            last = session.scalar(select(func.max(Turn.index)).where(Turn.call_id == call_id))
+            turn = Turn(
+                call_id=call_id,
+                index=0 if last is None else last + 1,
+                role=role,
+                text=text,
+                started_at=started_at,
+                ended_at=ended_at,
+                tool_calls=tool_calls,
+                latencies=latencies,
+                model_version=model_version or call.model_version,
+            )
+            session.add(turn)
+            return turn.index
+
+        return self._db.transact(work)
+
+    def end_call(self, call_id: str, *, reason: str) -> None:
+        """Record when and why the call ended; the first end wins (a late hangup event changes nothing)."""
+
+        def work(session: Session) -> None:
+            call = _get_call(session, call_id, for_update=True)
+            if call.ended_at is None:
+                call.ended_at, call.end_reason = utcnow(), reason
+
+        self._db.transact(work)
+
+    def set_audio(self, call_id: str, *, caller_audio: str | None, agent_audio: str | None) -> None:
+        """Reference the call's recorded audio legs (files written by the voice loop)."""
+
+        def work(session: Session) -> None:
+            call = _get_call(session, call_id, for_update=True)
+            call.caller_audio_path, call.agent_audio_path = caller_audio, agent_audio
+
+        self._db.transact(work)
+
+    def update_meta(self, call_id: str, **values: Any) -> None:
+        """Merge values into the call's metadata (transport ids, hand-offs, voice events)."""
+
+        def work(session: Session) -> None:
+            call = _get_call(session, call_id, for_update=True)
+            call.meta = {**(call.meta or {}), **values}  # a new dict: JSON columns track assignment only
+
+        self._db.transact(work)
+
+    def call_summary(self, call_id: str) -> CallSummary:
+        """The call row as a plain record."""
+
+        def work(session: Session) -> CallSummary:
+            return _summary(_get_call(session, call_id))
+
+        return self._db.transact(work, write=False)
+
+    def find_call(self, meta_key: str, value: str, *, recent: int = 1000) -> str | None:
+        """The id of the most recent call whose metadata has `meta_key == value` (e.g. a Twilio callSid).
+
+        Scans the latest `recent` calls in Python: the JSON column is not indexed the same way on
+        SQLite and PostgreSQL, and this lookup is for operators and test callers, not the call path.
+        """
+
+        def work(session: Session) -> str | None:
+            calls = session.scalars(select(Call).order_by(Call.started_at.desc()).limit(recent))
+            return next((c.id for c in calls if (c.meta or {}).get(meta_key) == value), None)
+
+        return self._db.transact(work, write=False)
+
+    def set_training(self, call_id: str, included: bool) -> None:
+        """The operator's choice whether the nightly tuning may learn from this call."""
+
+        def work(session: Session) -> None:
+            _get_call(session, call_id).training = "included" if included else "excluded"
+
+        self._db.transact(work)
+
+    def transcript(self, call_id: str) -> list[TurnRecord]:
+        """The call's turns in order."""
+
+        def work(session: Session) -> list[TurnRecord]:
+            _get_call(session, call_id)
+            turns = session.scalars(select(Turn).where(Turn.call_id == call_id).order_by(Turn.index))
+            return [_record(turn) for turn in turns]
+
+        return self._db.transact(work, write=False)
+
+
+@dataclass(frozen=True)
+class CallSummary:
+    """One call row, as stored."""
+
+    id: str
+    channel: str
+    caller_number: str | None
+    started_at: datetime
+    ended_at: datetime | None
+    end_reason: str | None
+    model_version: str | None
+    training: str
+    caller_audio_path: str | None
+    agent_audio_path: str | None
+    meta: dict[str, Any]
+
+
+def _summary(call: Call) -> CallSummary:
+    return CallSummary(
+        id=call.id,
+        channel=call.channel,
+        caller_number=call.caller_number,
+        started_at=call.started_at,
+        ended_at=call.ended_at,
+        end_reason=call.end_reason,
+        model_version=call.model_version,
+        training=call.training,
+        caller_audio_path=call.caller_audio_path,
+        agent_audio_path=call.agent_audio_path,
+        meta=dict(call.meta or {}),
+    )
+
+
+def _get_call(session: Session, call_id: str, *, for_update: bool = False) -> Call:
+    call = session.get(Call, call_id, with_for_update=for_update)
+    if call is None:
+        raise CallNotFound(f"no call with id {call_id!r}")
+    return call
+
+
+def _record(turn: Turn) -> TurnRecord:
+    return TurnRecord(
+        id=turn.id,
+        call_id=turn.call_id,
+        index=turn.index,
+        role=turn.role,
+        text=turn.text,
+        started_at=turn.started_at,
+        ended_at=turn.ended_at,
+        tool_calls=turn.tool_calls,
+        latencies=turn.latencies,
+        model_version=turn.model_version,
+        flagged=turn.flagged,
+    )

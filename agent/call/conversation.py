@@ -1,0 +1,368 @@
+"""A caller's conversation: the streaming `respond(text)` API that the text chat and the voice loop call.
+
+Per turn: clean the input → mask card numbers → the dialogue manager decides (tools run in a
+worker thread) → the reply writer streams grounded chunks → both turns are logged with their
+timings and the model version. Nothing here blocks the event loop, and a failing database
+costs the caller a polite apology, never the conversation: unsaved turns are kept and written
+once the database answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from agent.call.calllog import CallLog
+from agent.call.turns import TurnsInProgress
+from agent.dialogue.manager import DialogueManager, ReplyPlan, Stage, mask_turn
+from agent.dialogue.policy import InputProblem, clean_utterance
+from agent.dialogue.tools import HotelTools
+from agent.reply.wording import ReplyWriter, TextStreamer
+from innkeeper.core.db.database import DatabaseUnavailable
+from innkeeper.core.hotel import HotelProfile
+
+log = logging.getLogger(__name__)
+
+# A database that is down or refusing writes: the call goes on, the turns wait in memory.
+DB_ERRORS = (SQLAlchemyError, DatabaseUnavailable)
+
+_BAD_INPUT_REPLIES = {
+    InputProblem.EMPTY: "Sorry, I didn't catch that. Could you say it again?",
+    InputProblem.TOO_LONG: "That was a lot at once. Could you tell me briefly what you need?",
+    InputProblem.NOT_TEXT: "Sorry, I couldn't understand that. Could you say it again?",
+    InputProblem.NOT_ENGLISH: "I'm sorry, I can only help in English on this line. "
+    "Say 'front desk' and I'll transfer you to a colleague.",
+}
+_CARD_WARNING = (
+    "For your security, please don't read out card numbers; I've not kept it. "
+    "We send a secure payment link by text message instead."
+)
+_SYSTEM_TROUBLE = "I'm sorry, I'm having trouble reaching our reservation system. Could you try that again in a moment?"
+# After a barge-in, a caller turn the dialogue cannot place ("that's right", "sorry?") gets the words of the
+# cut reply the caller never heard, so nothing they need (a confirmation code) is lost to the interruption.
+_RESUMABLE_ACTS = frozenset({"clarify", "already_booked"})
+_RESUME_LEAD = "Sorry, as I was saying:"
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+@dataclass
+class _PendingTurn:
+    role: str
+    text: str
+    started_at: datetime
+    ended_at: datetime
+    model_version: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    latencies: dict[str, float] | None = None
+
+
+@dataclass
+class TurnOutcome:
+    """What the last `respond` call did, for the voice loop and for tests."""
+
+    caller_text: str
+    reply_text: str
+    plan: ReplyPlan
+    sources: list[str] = field(default_factory=list)
+    latencies: dict[str, float] = field(default_factory=dict)
+    model_version: str = "template"  # of the model this turn started with (a swap mid-turn does not change it)
+
+
+class Conversation:
+    """One conversation with one caller. Create through `innkeeper.serve.runtime.AgentRuntime.new_conversation`."""
+
+    def __init__(
+        self,
+        *,
+        hotel: HotelProfile,
+        tools: HotelTools,
+        call_log: CallLog,
+        llm: TextStreamer | None,
+        today: Callable[[], date],
+        model_source: Callable[[], TextStreamer | None] | None = None,
+        channel: str = "text",
+        caller_number: str | None = None,
+        max_new_tokens: int = 48,
+        temperature: float = 0.0,
+        first_sentence_budget_s: float | None = None,
+        turns: TurnsInProgress | None = None,
+    ):
+        self.hotel = hotel
+        # Where this call's turns are marked in progress (a model loader waits for the gaps); its own if none given.
+        self._turns = turns if turns is not None else TurnsInProgress()
+        self.call_log = call_log
+        # `model_source` (the runtime's model slot) is asked once per turn, so a hot-swapped model takes
+        # over at the next turn; without one, `llm` serves the whole conversation.
+        self._llm = llm
+        self._model_source = model_source
+        self.channel = channel
+        self.caller_number = caller_number
+        self.call_id: str | None = None  # set once the call record exists
+        # Chosen up front so that audio files and transport ids can name the call even while the
+        # database is unreachable; the record is written under this id when it comes back.
+        self.planned_call_id = str(uuid.uuid4())
+        self.dialogue = DialogueManager(tools=tools, hotel=hotel, today=today, call_id=None)
+        self.writer = ReplyWriter(
+            hotel,
+            llm,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            first_sentence_budget_s=first_sentence_budget_s,
+        )
+        self.history: list[dict[str, str]] = []
+        self.last_turn: TurnOutcome | None = None
+        self._unsaved: list[_PendingTurn] = []
+        self._open_reply: tuple[TurnOutcome, datetime, str] | None = None
+        self._unheard: list[str] = []  # sentences of the last reply a barge-in kept from the caller
+        self._closed = False
+
+    @property
+    def llm(self) -> TextStreamer | None:
+        """The model a turn starting now would use."""
+        return self._model_source() if self._model_source is not None else self._llm
+
+    @property
+    def model_version(self) -> str:
+        return _version_of(self.llm)
+
+    @property
+    def ended(self) -> bool:
+        return self.dialogue.stage is Stage.ENDED
+
+    async def start(self) -> str:
+        """Open the call record; returns the call id."""
+        self.call_id = await asyncio.to_thread(
+            self.call_log.start_call,
+            channel=self.channel,
+            caller_number=self.caller_number,
+            model_version=self.model_version,
+            call_id=self.planned_call_id,
+        )
+        self.dialogue.call_id = self.call_id
+        return self.call_id
+
+    def greeting(self) -> str:
+        return f"Thank you for calling {self.hotel.name}. How can I help you today?"
+
+    async def greet(self) -> str:
+        """Say and log the opening line."""
+        text = self.greeting()
+        now = _now()
+        self.history.append({"role": "assistant", "content": text})
+        await self._save(_PendingTurn("agent", text, now, now, model_version=self.model_version))
+        return text
+
+    async def respond(
+        self, user_text: str | bytes, *, defer_log: bool = False, heard: dict[str, float] | None = None
+    ) -> AsyncIterator[str]:
+        """Stream the agent's reply to one caller turn, chunk by chunk (each chunk is speakable).
+
+        The reply is logged when the stream ends with every chunk it yielded. A voice call passes
+        `defer_log=True` instead: what was *heard* is known only after playback, so it calls
+        `finish_reply` with the heard words and the voice timings. `heard` is logged with the caller's
+        turn (speech recognition timings and confidence).
+        """
+        with self._turns.during():
+            started, t0 = _now(), time.perf_counter()
+            model = self.llm  # this turn's model, to its end, whatever a model swap does meanwhile
+            masked, plan = await self._decide(user_text)
+            plan = self._resume_if_unplaced(plan)
+            decided_ms = _ms_since(t0)
+            await self._save(_PendingTurn("caller", masked, started, _now(), latencies=heard))
+            record = TurnOutcome(
+                caller_text=masked,
+                reply_text="",
+                plan=plan,
+                latencies={"decide_ms": decided_ms},
+                model_version=_version_of(model),
+            )
+            self.last_turn = record
+            reply_started = _now()
+            chunks: list[str] = []
+            clock: dict[str, float] = {}
+            try:
+                async for chunk in self.writer.stream(plan, masked, clock, llm=model):
+                    if not chunks:
+                        record.latencies["first_chunk_ms"] = _ms_since(t0)
+                    chunks.append(chunk.text)
+                    record.sources.append(chunk.source)
+                    yield chunk.text
+            finally:
+                # Runs on barge-in too (the consumer stops early): only what was yielded was said.
+                record.reply_text = " ".join(chunks)
+                record.latencies["total_ms"] = _ms_since(t0)
+                if "llm_first_token" in clock:
+                    record.latencies["llm_first_token_ms"] = round((clock["llm_first_token"] - t0) * 1000, 1)
+                if defer_log:
+                    self._open_reply = (record, reply_started, masked)
+                else:
+                    await self._log_reply(record, reply_started, masked)
+
+    async def finish_reply(
+        self, heard_text: str | None = None, *, interrupted: bool = False, latencies: dict[str, float] | None = None
+    ) -> None:
+        """Log the reply of a `respond(..., defer_log=True)` turn as the caller heard it.
+
+        `heard_text` replaces the generated text (None = all of it was heard): after a barge-in the
+        history and the log keep only the words that were played, so the next turn's context is what
+        the caller knows. Idempotent: a second call does nothing.
+        """
+        if self._open_reply is None:
+            return
+        record, started, caller_text = self._open_reply
+        self._open_reply = None
+        if heard_text is not None:
+            record.latencies["generated_words"] = len(record.reply_text.split())
+            if interrupted:
+                self._unheard = unheard_sentences(record.reply_text, heard_text)
+            record.reply_text = heard_text
+        if interrupted:
+            record.latencies["interrupted"] = 1.0
+        record.latencies.update(latencies or {})
+        await self._log_reply(record, started, caller_text)
+
+    async def reply(self, user_text: str | bytes) -> str:
+        """The whole reply as one string (scripts and tests)."""
+        return " ".join([chunk async for chunk in self.respond(user_text)])
+
+    async def log_caller_fragment(self, text: str, meta: dict[str, float] | None = None) -> None:
+        """Log caller words that got no reply (the caller hung up mid-sentence); card numbers are masked."""
+        masked, _, _ = mask_turn(clean_utterance(text).text)
+        now = _now()
+        await self._save(_PendingTurn("caller", masked, now, now, latencies=meta))
+
+    async def log_handoff(self, reason: str) -> None:
+        """Record that the call was handed to a person, and why (the call's metadata)."""
+        if self.call_id is None:
+            await self._flush()
+        if self.call_id is None:
+            return
+        try:
+            await asyncio.to_thread(
+                self.call_log.update_meta, self.call_id, handoff={"reason": reason, "at": _now().isoformat()}
+            )
+        except DB_ERRORS as err:
+            log.error("could not log the hand-off of call %s: %s", self.call_id, err)
+
+    async def close(self, reason: str = "completed") -> None:
+        """End the call record (a reply still waiting for `finish_reply` is logged as generated)."""
+        if self._open_reply is not None:
+            await self.finish_reply()
+        if self._closed or self.call_id is None:
+            return
+        self._closed = True
+        await self._flush()
+        try:
+            await asyncio.to_thread(self.call_log.end_call, self.call_id, reason=reason)
+        except DB_ERRORS as err:
+            log.error("could not close call %s: %s", self.call_id, err)
+
+    # ------------------------------------------------------------------ internals
+    def _resume_if_unplaced(self, plan: ReplyPlan) -> ReplyPlan:
+        unheard, self._unheard = self._unheard, []
+        if not unheard or plan.act not in _RESUMABLE_ACTS or plan.tool_calls:
+            return plan
+        return ReplyPlan("resume", [_RESUME_LEAD, *unheard])
+
+    async def _decide(self, user_text: str | bytes) -> tuple[str, ReplyPlan]:
+        clean = clean_utterance(user_text)
+        masked, cards, card_like = mask_turn(clean.text)
+        if clean.problem is not None:
+            return masked, ReplyPlan("bad_input", [_BAD_INPUT_REPLIES[clean.problem]])
+        if cards or card_like:
+            plan = self.dialogue.with_reprompt("card_warning", [_CARD_WARNING])
+            plan.masked_cards = cards
+            return masked, plan
+        try:
+            return masked, await asyncio.to_thread(self.dialogue.handle, masked)
+        except DB_ERRORS as err:
+            log.error("tool call failed on call %s: %s", self.call_id, err)
+            return masked, ReplyPlan("system_trouble", [_SYSTEM_TROUBLE])
+
+    async def _log_reply(self, record: TurnOutcome, started: datetime, caller_text: str) -> None:
+        plan = record.plan
+        meta = {"act": plan.act, "wording": sorted(set(record.sources)), "masked_cards": plan.masked_cards}
+        self.history += [
+            {"role": "user", "content": caller_text},
+            {"role": "assistant", "content": record.reply_text},
+        ]
+        await self._save(
+            _PendingTurn(
+                "agent",
+                record.reply_text,
+                started,
+                _now(),
+                model_version=record.model_version,
+                tool_calls=[*plan.tool_calls, {"meta": meta}],
+                latencies=record.latencies,
+            )
+        )
+        if plan.end_call:
+            await self.close("transfer" if plan.transfer else "completed")
+
+    async def _save(self, turn: _PendingTurn) -> None:
+        self._unsaved.append(turn)
+        await self._flush()
+
+    async def _flush(self) -> None:
+        """Write unsaved turns in order; on a database error keep them for the next attempt."""
+        if self.call_id is None:
+            try:
+                await self.start()
+            except DB_ERRORS as err:
+                log.error("call log unavailable, keeping %d turns in memory: %s", len(self._unsaved), err)
+                return
+        while self._unsaved:
+            turn = self._unsaved[0]
+            try:
+                await asyncio.to_thread(
+                    self.call_log.log_turn,
+                    self.call_id,
+                    role=turn.role,
+                    text=turn.text,
+                    started_at=turn.started_at,
+                    ended_at=turn.ended_at,
+                    model_version=turn.model_version,
+                    tool_calls=turn.tool_calls,
+                    latencies=turn.latencies,
+                )
+            except DB_ERRORS as err:
+                log.error("call log unavailable, keeping %d turns in memory: %s", len(self._unsaved), err)
+                return
+            self._unsaved.pop(0)
+
+
+def unheard_sentences(generated: str, heard: str) -> list[str]:
+    """The sentences of `generated` from the first one the caller did not hear to the end.
+
+    `heard` is a word prefix of `generated` (what played before a barge-in), so counting words is enough.
+    """
+    heard_words = len(heard.split())
+    sentences = [s for s in _SENTENCE_END.split(generated.strip()) if s]
+    spoken = 0
+    for index, sentence in enumerate(sentences):
+        spoken += len(sentence.split())
+        if spoken > heard_words:
+            return sentences[index:]
+    return []
+
+
+def _version_of(model: TextStreamer | None) -> str:
+    return model.version if model is not None else "template"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ms_since(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 1)

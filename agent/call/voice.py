@@ -1,0 +1,686 @@
+"""The per-call voice loop: caller audio in, spoken replies out, interruptible, every turn timed.
+
+Transport-agnostic: `innkeeper/serve/app.py` adapts Twilio Media Streams and the plain websocket to a
+`CallTransport`, feeds caller audio (16 kHz) into `VoiceCall.hear` and playback acknowledgements into
+`VoiceCall.played`. The pipeline of one turn:
+
+    caller audio ─► Endpointer (Silero VAD) ─► Recognizer (thread; started early, on the first pause)
+      ─► Conversation.respond (sentences) ─► Synthesizer (thread, per sentence) ─► resample, 20 ms frames
+      ─► paced sends ─► transport            barge-in: caller speech over the reply ─► clear, heard words only
+
+Model work runs in worker threads; the event loop only moves frames, so other calls keep going.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import re
+import time
+import wave
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.call.conversation import Conversation
+from agent.speech.asr import Recognizer, Transcript
+from agent.speech.tts import Synthesizer
+from agent.speech.vad import EndpointConfig, Endpointer, EventKind, SileroVad
+from telephony.codec import float32_to_pcm16
+from telephony.framing import frames_of
+from telephony.resample import resample
+
+log = logging.getLogger(__name__)
+
+ASR_RATE = 16000
+_WORD = re.compile(r"[a-z']+")
+# A "yes" or "okay" said as the agent's last words play is an answer, not a backchannel: it is dropped only
+# while more of the reply is to come or more than this much of its audio is still to play.
+BACKCHANNEL_TAIL_S = 0.5
+HANGUP_ASR_WAIT_S = 30.0  # how long a hang-up waits for the caller's last turns to be recognised
+# Pieces synthesized ahead of the one playing: enough that a slow piece on a loaded CPU leaves no gap.
+SYNTH_AHEAD = 2
+TRANSFER_LINE = "Of course, I'm transferring you to the front desk now. Please hold."
+
+
+# ------------------------------------------------------------------------------------------ configuration
+
+
+@dataclass(frozen=True)
+class VoiceConfig:
+    """Turn-taking and playback settings of a call (from `Settings`; see `voice_config`)."""
+
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+    # Caller speech over the agent interrupts once it lasts this long and holds a word that is not a
+    # backchannel ("mhm", "okay"): long enough that a cough or a murmur of assent does not cut the agent off.
+    barge_in_min_speech_ms: int = 400
+    backchannels: frozenset[str] = frozenset(
+        {"mhm", "mm", "hmm", "uh", "huh", "uh-huh", "um", "okay", "ok", "yeah", "yes", "right", "sure", "yep", "ah"}
+        # assent the agent should talk through: "that's right", "correct", "got it", "I see"
+        | {"that's", "thats", "correct", "exactly", "alright", "got", "it", "i", "see", "great", "perfect", "oh"}
+    )
+    # Audio sent ahead of the caller's playback: enough to ride out jitter, small enough that a `clear`
+    # rarely has much to drop and the send clock stays a good estimate of what was heard.
+    lead_ms: int = 240
+    partial_every_ms: int | None = 1200  # partial transcripts while the caller speaks (None = off)
+    ack_wait_ms: int = 400  # after a barge-in, how long to wait for the client's playback report
+
+
+@dataclass
+class SpeechModels:
+    """The process-wide speech models every call shares."""
+
+    recognizer: Recognizer
+    synthesizer: Synthesizer
+    vad: SileroVad
+    config: VoiceConfig = field(default_factory=VoiceConfig)
+
+
+class CallTransport(Protocol):
+    """What the voice loop needs from a websocket protocol (Twilio or plain)."""
+
+    rate: int  # sample rate of agent audio on the wire
+
+    async def send_audio(self, frame: npt.NDArray[np.int16]) -> None: ...
+    async def start_segment(self, mark: str, text: str) -> None: ...
+    async def end_segment(self, mark: str) -> None: ...
+    async def clear(self) -> None: ...
+    async def transcript(self, role: str, text: str, final: bool) -> None: ...
+    async def transfer(self, reason: str) -> None: ...
+    async def hang_up(self) -> None: ...
+
+
+# A long sentence is spoken in pieces cut after a comma, colon or sentence end: Piper renders a whole
+# piece before any of it can play, so a short first piece is what makes the first audio early. Pieces
+# stay whole clauses, and a weekday stays with its date. The first piece of a reply may be shorter:
+# that is where the caller waits.
+MIN_PIECE_WORDS = 4
+MIN_FIRST_PIECE_WORDS = 2
+SPLIT_ABOVE_WORDS = 8
+_CLAUSE_END = re.compile(r"(?<=[,;:.!?])\s+")
+_WEEKDAY_COMMA = re.compile(r"(?:Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day,$")
+
+
+def speakable_pieces(sentence: str, *, first: bool = False) -> list[str]:
+    """`sentence` cut at commas into clauses (short sentences stay whole); `first`: the reply's first sentence."""
+    if len(sentence.split()) <= SPLIT_ABOVE_WORDS:
+        return [sentence]
+    pieces: list[str] = []
+    for clause in _CLAUSE_END.split(sentence):
+        minimum = MIN_FIRST_PIECE_WORDS if first and len(pieces) == 1 else MIN_PIECE_WORDS
+        if pieces and (len(pieces[-1].split()) < minimum or _WEEKDAY_COMMA.search(pieces[-1])):
+            pieces[-1] = f"{pieces[-1]} {clause}"
+        else:
+            pieces.append(clause)
+    if len(pieces) > 1 and len(pieces[-1].split()) < MIN_PIECE_WORDS:
+        pieces[-2:] = [f"{pieces[-2]} {pieces[-1]}"]
+    return pieces
+
+
+# ------------------------------------------------------------------------------------------ playback model
+
+
+@dataclass
+class Segment:
+    """One spoken sentence: when its audio should play, and what the caller is known to have heard."""
+
+    mark: str
+    text: str
+    samples: int = 0
+    starts_at: float | None = None  # send clock: when its first sample plays at the caller
+    ends_at: float | None = None
+    sent_all: bool = False
+    played_ms: float | None = None  # reported by the client (plain) or implied by a mark echo (Twilio)
+
+    def duration_ms(self, rate: int) -> float:
+        return 1000.0 * self.samples / rate
+
+    def heard_fraction(self, at: float, rate: int) -> float:
+        if self.played_ms is not None:
+            return min(1.0, self.played_ms / max(self.duration_ms(rate), 1.0))
+        if self.starts_at is None or at <= self.starts_at:
+            return 0.0
+        return min(1.0, (at - self.starts_at) * 1000.0 / max(self.duration_ms(rate), 1.0))
+
+
+class Playback:
+    """The send clock: audio plays in real time from when it is sent, one segment after another.
+
+    Marks echoed by Twilio and the plain client's `playback` reports correct the estimate; after a
+    barge-in it says which words the caller heard.
+    """
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.segments: list[Segment] = []
+        self.play_end = 0.0  # when the last sent sample finishes playing
+
+    def begin(self, mark: str, text: str) -> Segment:
+        segment = Segment(mark, text)
+        self.segments.append(segment)
+        return segment
+
+    def sent(self, segment: Segment, samples: int, now: float) -> None:
+        self.play_end = max(self.play_end, now)
+        if segment.starts_at is None:
+            segment.starts_at = self.play_end
+        segment.samples += samples
+        self.play_end += samples / self.rate
+        segment.ends_at = self.play_end
+
+    def acknowledge(self, mark: str, played_ms: float | None, now: float) -> None:
+        for segment in self.segments:
+            if segment.mark == mark:
+                if played_ms is not None:
+                    segment.played_ms = float(played_ms)
+                elif (
+                    segment.sent_all and segment.played_ms is None and segment.ends_at and now >= segment.ends_at - 0.5
+                ):
+                    segment.played_ms = segment.duration_ms(self.rate)  # a mark echoed in its own time: played
+                return
+
+    def playing(self, now: float) -> bool:
+        return now < self.play_end
+
+    def ahead_s(self, now: float) -> float:
+        """Audio sent but not yet played."""
+        return max(0.0, self.play_end - now)
+
+    def heard_text(self, at: float, first: int = 0) -> str:
+        """The words of segments[first:] that had played by `at` (a cut segment counts pro rata)."""
+        words: list[str] = []
+        for segment in self.segments[first:]:
+            fraction = segment.heard_fraction(at, self.rate)
+            seg_words = segment.text.split()
+            words += seg_words[: math.floor(len(seg_words) * fraction + 1e-9)]
+        return " ".join(words)
+
+    def cut(self, at: float) -> None:
+        """A `clear` was sent at `at`: nothing after it plays."""
+        self.play_end = min(self.play_end, at)
+
+
+# ------------------------------------------------------------------------------------------ call recording
+
+
+class CallRecorder:
+    """Both legs of a call as 16-bit WAV files, aligned on the call's clock (silence where a leg is quiet)."""
+
+    def __init__(self, directory: Path, call_id: str, *, caller_rate: int, agent_rate: int, clock=time.monotonic):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.caller_path = directory / f"{call_id}-caller.wav"
+        self.agent_path = directory / f"{call_id}-agent.wav"
+        self._clock = clock
+        self._t0 = clock()
+        self._legs = {
+            "caller": (_open_wav(self.caller_path, caller_rate), caller_rate),
+            "agent": (_open_wav(self.agent_path, agent_rate), agent_rate),
+        }
+        self._written = {"caller": 0, "agent": 0}
+
+    def caller(self, pcm16: npt.NDArray[np.int16]) -> None:
+        self._write("caller", pcm16, align=False)  # the caller leg is continuous already
+
+    def agent(self, pcm16: npt.NDArray[np.int16], at: float) -> None:
+        self._write("agent", pcm16, align=True, at=at)
+
+    def _write(self, leg: str, pcm16: npt.NDArray[np.int16], *, align: bool, at: float | None = None) -> None:
+        handle, rate = self._legs[leg]
+        if handle is None:
+            return
+        if align and at is not None:
+            gap = int((at - self._t0) * rate) - self._written[leg]
+            if gap > 0:
+                handle.writeframes(np.zeros(gap, dtype="<i2").tobytes())
+                self._written[leg] += gap
+        handle.writeframes(np.asarray(pcm16, dtype="<i2").tobytes())
+        self._written[leg] += len(pcm16)
+
+    def close(self) -> None:
+        for leg, (handle, rate) in list(self._legs.items()):
+            if handle is not None:
+                handle.close()
+            self._legs[leg] = (None, rate)
+
+
+def _open_wav(path: Path, rate: int) -> wave.Wave_write:
+    handle = wave.open(str(path), "wb")  # noqa: SIM115 -- stays open for the whole call, closed by close()
+    handle.setnchannels(1)
+    handle.setsampwidth(2)
+    handle.setframerate(rate)
+    return handle
+
+
+# ------------------------------------------------------------------------------------------ the call
+
+
+@dataclass
+class _Utterance:
+    """A caller turn being heard: its audio so far and the speculative recognition started on a pause."""
+
+    started_at: float
+    early: asyncio.Task[Transcript] | None = None
+    partial_at_ms: float = 0.0
+    overlap: bool = False  # began while the agent was busy (a possible barge-in)
+    backchannel_checked_ms: float = 0.0
+
+
+class VoiceCall:
+    """One caller on one transport. Feed it with `hear`, `played` and `dtmf`; end it with `hang_up`."""
+
+    def __init__(
+        self,
+        conversation: Conversation,
+        models: SpeechModels,
+        transport: CallTransport,
+        *,
+        recorder: CallRecorder | None = None,
+        clock=time.monotonic,
+    ) -> None:
+        self.conversation = conversation
+        self.models = models
+        self.config = models.config
+        self.transport = transport
+        self.recorder = recorder
+        self.clock = clock
+        self.endpointer = Endpointer(models.vad, self.config.endpoint)
+        self.playback = Playback(transport.rate)
+        self.events: list[dict[str, float | str]] = []  # barge-ins, hand-offs (for the call record and tests)
+        self.done = asyncio.Event()
+        self._utterance: _Utterance | None = None
+        self._reply: asyncio.Task[None] | None = None
+        self._reply_cut = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+        self._heard: set[asyncio.Task] = set()  # recognising finished caller turns: a hang-up waits for these
+        self._marks = 0
+        self._spoken: list[str] = []
+        self._reply_first_segment = 0
+        self._reply_all_sent = False
+        self._closing = False
+        self._transferring = False
+
+    # ---------------------------------------------------------------- inputs from the transport
+
+    async def begin(self) -> None:
+        """Greet the caller."""
+        greeting = await self.conversation.greet()
+        self._reply = self._spawn(self._speak_only([greeting]))
+
+    def hear(self, audio_16k: npt.NDArray[np.float32]) -> None:
+        """Caller audio, any chunk length, 16 kHz float32. Cheap: VAD only; model work goes to tasks."""
+        if self._closing:
+            return
+        if self.recorder is not None:
+            self.recorder.caller(float32_to_pcm16(audio_16k))
+        for event in self.endpointer.push(audio_16k):
+            self._on_vad_event(event)
+        self._maybe_barge_in_or_partial()
+
+    def played(self, mark: str, played_ms: float | None) -> None:
+        """A playback report: Twilio's mark echo (None) or the plain client's `played_ms`."""
+        self.playback.acknowledge(mark, played_ms, self.clock())
+
+    async def dtmf(self, digit: str) -> None:
+        """A key press; 0 hands the caller to a person."""
+        self.events.append({"event": "dtmf", "digit": digit, "at": self.clock()})
+        if digit == "0" and not self._closing and not self._transferring:
+            self._transferring = True
+            self._spawn(self._transfer(f"caller pressed {digit}"))  # speaking takes seconds: not in the receive loop
+
+    async def hang_up(self, reason: str = "hangup") -> None:
+        """The caller (or the transport) ended the call: log what is pending and leave nothing running."""
+        if self._closing:
+            return
+        self._closing = True
+        fragment = self._utterance is not None and self.endpointer.in_speech
+        audio = self.endpointer.current_audio() if fragment else None
+        now = self.clock()
+        await self._stop_reply(now, reason="hangup")
+        heard = set(self._heard)
+        running = [task for task in self._tasks if task not in heard]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        # A reply cut by the hang-up is logged with the words that had played.
+        await self.conversation.finish_reply(self.playback.heard_text(now, self._reply_first_segment), interrupted=True)
+        # Turns the caller finished before hanging up are still being recognised (slow on a busy machine):
+        # they are the caller's last words, so they are logged, after the reply they came after.
+        if heard:
+            _, late = await asyncio.wait(heard, timeout=HANGUP_ASR_WAIT_S)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        if audio is not None and len(audio):
+            # An utterance cut by the hang-up is still a turn the caller said.
+            transcript = await asyncio.to_thread(self.models.recognizer.transcribe, audio)
+            if transcript.text:
+                await self._log_last_words(transcript.text)
+        await self.conversation.close("transfer" if self._transferring else reason)
+        if self.recorder is not None:
+            self.recorder.close()
+        self.done.set()
+
+    # ---------------------------------------------------------------- turn taking
+
+    def _on_vad_event(self, event) -> None:
+        now = self.clock()
+        if event.kind is EventKind.SPEECH_START:
+            self._utterance = _Utterance(started_at=now, overlap=self._agent_busy())
+        elif event.kind is EventKind.EARLY_END and self._utterance is not None:
+            self._utterance.early = self._spawn(self._transcribe(event.audio))
+        elif event.kind is EventKind.RESUMED and self._utterance is not None:
+            self._discard(self._utterance.early)
+            self._utterance.early = None
+        elif event.kind is EventKind.END:
+            utterance, self._utterance = self._utterance or _Utterance(started_at=now), None
+            speech_end = now - event.silence_ms / 1000.0
+            task = self._spawn(self._finish_utterance(utterance, event.audio, speech_end, now, event.speech_ms))
+            self._heard.update(t for t in (task, utterance.early) if t is not None)
+
+    async def _finish_utterance(
+        self, utterance: _Utterance, audio: npt.NDArray[np.float32], speech_end: float, ended: float, speech_ms: float
+    ) -> None:
+        t_asr = self.clock()
+        early = utterance.early
+        transcript = await early if early is not None else await self._transcribe(audio)
+        asr_done = self.clock()
+        if not transcript.text:
+            return  # noise, or a hallucination dropped by the recogniser
+        if self._closing:
+            await self._log_last_words(transcript.text)
+            return
+        if self._is_backchannel(transcript.text) and self._talking_on():
+            return  # "mhm" while the agent talks: the caller is listening, not taking the turn
+        if self._agent_busy():
+            await self._barge_in("caller turn ended over the reply")
+        await self.transport.transcript("caller", transcript.text, True)
+        timings = {
+            "endpoint_ms": _ms(ended - speech_end),
+            "asr_wait_ms": _ms(asr_done - t_asr),
+            "speech_ms": round(speech_ms, 1),
+            "asr_avg_logprob": round(transcript.avg_logprob, 3),
+            "asr_early": 1.0 if early is not None else 0.0,
+        }
+        previous = self._reply
+        if previous is not None and not previous.done():
+            await asyncio.gather(previous, return_exceptions=True)  # a reply being cut finishes first
+        if self._closing:  # the caller hung up while the previous reply was being cut
+            await self._log_last_words(transcript.text)
+            return
+        self._reply = self._spawn(self._answer(transcript.text, speech_end, timings))
+
+    async def _log_last_words(self, text: str) -> None:
+        """Caller words the hang-up left without a reply: a turn of the call all the same."""
+        await self.conversation.log_caller_fragment(text, {"cut_by_hangup": 1.0})
+
+    def _maybe_barge_in_or_partial(self) -> None:
+        utterance = self._utterance
+        if utterance is None or not self.endpointer.in_speech:
+            return
+        speech_ms = self.endpointer.speech_ms_so_far
+        if self._agent_busy():
+            checked = utterance.backchannel_checked_ms
+            if (
+                speech_ms >= self.config.barge_in_min_speech_ms
+                and speech_ms - checked >= self.config.barge_in_min_speech_ms
+            ):
+                utterance.backchannel_checked_ms = speech_ms
+                self._spawn(self._check_barge_in(self.endpointer.current_audio()))
+        elif self._partial_due(utterance, speech_ms):
+            utterance.partial_at_ms = speech_ms
+            self._spawn(self._partial(self.endpointer.current_audio()))
+
+    def _partial_due(self, utterance: _Utterance, speech_ms: float) -> bool:
+        every = self.config.partial_every_ms
+        # Partials only on an idle recogniser: they must never delay a final transcript.
+        return bool(every) and speech_ms - utterance.partial_at_ms >= every and not self.models.recognizer.busy
+
+    async def _check_barge_in(self, audio: npt.NDArray[np.float32]) -> None:
+        transcript = await self._transcribe(audio)
+        if transcript.text and not self._is_backchannel(transcript.text) and self._agent_busy():
+            await self._barge_in(f"caller said {transcript.text!r}")
+
+    async def _partial(self, audio: npt.NDArray[np.float32]) -> None:
+        transcript = await self._transcribe(audio)
+        if transcript.text and self.endpointer.in_speech:
+            await self.transport.transcript("caller", transcript.text, False)
+
+    def _is_backchannel(self, text: str) -> bool:
+        words = _WORD.findall(text.lower())
+        return bool(words) and all(word in self.config.backchannels for word in words)
+
+    def _talking_on(self) -> bool:
+        """The agent has more to say than the last moment of its reply (its audio is not all out yet)."""
+        replying = self._reply is not None and not self._reply.done() and not self._reply_all_sent
+        return replying or self.playback.ahead_s(self.clock()) > BACKCHANNEL_TAIL_S
+
+    def _agent_busy(self) -> bool:
+        return (self._reply is not None and not self._reply.done()) or self.playback.playing(self.clock())
+
+    # ---------------------------------------------------------------- speaking
+
+    async def _answer(self, caller_text: str, speech_end: float, timings: dict[str, float]) -> None:
+        clock: dict[str, float] = {}
+        heard_timings = {k: v for k, v in timings.items() if k in ("speech_ms", "asr_avg_logprob", "asr_wait_ms")}
+        chunks = self.conversation.respond(caller_text, defer_log=True, heard=heard_timings)
+        cut_at = await self._speak(chunks, clock)
+        timings |= {f"{name}_ms": _ms(at - speech_end) for name, at in clock.items()}
+        if "first_audio_sent_ms" in timings:
+            timings["v2v_server_ms"] = timings["first_audio_sent_ms"]
+        first = self._reply_first_segment
+        heard = None if cut_at is None else self.playback.heard_text(cut_at, first)
+        if cut_at is not None and self.transport_reports_playback:
+            await self._await_reports(cut_at)
+            heard = self.playback.heard_text(cut_at, first)
+        await self.conversation.finish_reply(heard, interrupted=cut_at is not None, latencies=timings)
+        await self.transport.transcript("agent", heard if heard is not None else self._last_text(), True)
+        if self.conversation.ended and not self._closing:
+            transfer = self.conversation.last_turn is not None and self.conversation.last_turn.plan.transfer
+            if transfer:
+                self._transferring = True
+                await self.conversation.log_handoff("caller asked for a person")
+            await self._end_after_playback(transfer=transfer, reason="caller asked for a person")
+
+    async def _speak_only(self, sentences: list[str]) -> None:
+        async def lines() -> AsyncIterator[str]:
+            for sentence in sentences:
+                yield sentence
+
+        await self._speak(lines(), {})
+
+    async def _speak(self, chunks: AsyncIterator[str], clock: dict[str, float]) -> float | None:
+        """Speak the chunks as they come; returns the time of a barge-in, or None.
+
+        Three stages run at once so the caller never waits on a stage that could have run ahead: the reply
+        text (LLM or template), synthesis (ahead of playback) and paced sending.
+        """
+        self._reply_cut.clear()
+        self._reply_all_sent = False
+        self._spoken = []
+        self._reply_first_segment = len(self.playback.segments)
+        texts: asyncio.Queue[str | None] = asyncio.Queue()
+        audio: asyncio.Queue[tuple[str, npt.NDArray[np.int16]] | None] = asyncio.Queue(maxsize=SYNTH_AHEAD)
+        stages = [self._spawn(self._collect(chunks, texts)), self._spawn(self._synthesize(texts, audio, clock))]
+        try:
+            while (item := await self._until_cut(audio.get())) is not None:
+                await self._play(*item, clock)
+                if self._reply_cut.is_set():
+                    break
+            self._reply_all_sent = True
+        finally:
+            for stage in stages:
+                stage.cancel()
+            await asyncio.gather(*stages, return_exceptions=True)
+            await _aclose(chunks)
+        while self.playback.playing(self.clock()) and not self._reply_cut.is_set():
+            await self._until_cut(asyncio.sleep(min(0.05, self.playback.ahead_s(self.clock()))))
+        return self._cut_at if self._reply_cut.is_set() else None
+
+    async def _collect(self, chunks: AsyncIterator[str], out: asyncio.Queue[str | None]) -> None:
+        """Reply chunks, cut into speakable pieces (a long sentence at its commas, so the first audio is early)."""
+        try:
+            first = True
+            async for chunk in chunks:
+                for piece in speakable_pieces(chunk, first=first):
+                    await out.put(piece)
+                first = False
+        finally:
+            await out.put(None)
+
+    async def _synthesize(
+        self,
+        texts: asyncio.Queue[str | None],
+        out: asyncio.Queue[tuple[str, npt.NDArray[np.int16]] | None],
+        clock: dict[str, float],
+    ) -> None:
+        """Piper in a worker thread, SYNTH_AHEAD pieces ahead of what is playing; resampled to the wire rate."""
+        while (text := await texts.get()) is not None:
+            audio = await asyncio.to_thread(self._render, text)
+            clock.setdefault("tts_first", self.clock())
+            await out.put((text, audio))
+        await out.put(None)  # not in a `finally`: after a cut nobody reads the (bounded) queue any more
+
+    def _render(self, text: str) -> npt.NDArray[np.int16]:
+        audio, rate = self.models.synthesizer.synthesize(text)
+        return resample(audio, rate, self.transport.rate)
+
+    async def _play(self, text: str, audio: npt.NDArray[np.int16], clock: dict[str, float]) -> None:
+        """One piece as a segment: 20 ms frames sent at the pace of playback, then its mark."""
+        self._marks += 1
+        mark = f"a{self._marks}"
+        segment = self.playback.begin(mark, text)
+        self._spoken.append(text)
+        await self.transport.start_segment(mark, text)
+        await self._send_frames(segment, frames_of(audio, self.transport.rate), clock)
+        if not self._reply_cut.is_set():
+            segment.sent_all = True
+            await self.transport.end_segment(mark)
+
+    async def _send_frames(self, segment: Segment, frames: Iterable[npt.NDArray[np.int16]], clock: dict) -> None:
+        lead = self.config.lead_ms / 1000.0
+        for frame in frames:
+            if self._reply_cut.is_set():
+                return
+            ahead = self.playback.ahead_s(self.clock())
+            if ahead > lead:  # pace: keep only `lead` of audio queued at the caller
+                await self._until_cut(asyncio.sleep(ahead - lead))
+                if self._reply_cut.is_set():
+                    return
+            now = self.clock()
+            await self.transport.send_audio(frame)
+            clock.setdefault("first_audio_sent", now)
+            self.playback.sent(segment, len(frame), now)
+            if self.recorder is not None:
+                self.recorder.agent(frame, now)
+
+    async def _until_cut(self, awaitable):
+        """Await something unless a barge-in comes first (then None)."""
+        task = asyncio.ensure_future(awaitable)
+        cut = asyncio.ensure_future(self._reply_cut.wait())
+        try:
+            await asyncio.wait({task, cut}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cut.cancel()
+            if not task.done():
+                task.cancel()  # cut, or this coroutine itself cancelled (hang-up): leave nothing waiting
+        return task.result() if task.done() and not task.cancelled() else None
+
+    async def _barge_in(self, why: str) -> None:
+        """Stop the agent now: `clear` goes out before anything else is awaited."""
+        if self._reply_cut.is_set() or not self._agent_busy():
+            return
+        decided = self.clock()
+        await self._stop_reply(decided, reason=why)
+
+    async def _stop_reply(self, at: float, *, reason: str) -> None:
+        if not self._agent_busy():
+            return
+        self._cut_at = at
+        self._reply_cut.set()
+        playing = self.playback.playing(at)
+        if playing and not self._closing:
+            await self.transport.clear()
+        cleared = self.clock()
+        self.playback.cut(at)
+        self.events.append(
+            {"event": "barge_in", "reason": reason, "decided_at": at, "clear_sent_at": cleared if playing else -1.0}
+        )
+        log.info("call %s: barge-in (%s)", self.conversation.call_id, reason)
+
+    async def _await_reports(self, cut_at: float) -> None:
+        """The plain client reports how much of each segment played; give it a moment to do so."""
+        deadline = self.clock() + self.config.ack_wait_ms / 1000.0
+        while self.clock() < deadline:
+            pending = [
+                s
+                for s in self.playback.segments
+                if s.played_ms is None and s.starts_at is not None and s.starts_at < cut_at
+            ]
+            if not pending:
+                return
+            await asyncio.sleep(0.02)
+
+    @property
+    def transport_reports_playback(self) -> bool:
+        return getattr(self.transport, "reports_playback", False)
+
+    def _last_text(self) -> str:
+        return " ".join(self._spoken)
+
+    async def _transfer(self, reason: str) -> None:
+        await self._stop_reply(self.clock(), reason="transfer")
+        if self._reply is not None:
+            await asyncio.gather(self._reply, return_exceptions=True)
+        self.events.append({"event": "transfer", "reason": reason, "at": self.clock()})
+        await self.conversation.log_handoff(reason)
+        self._reply = self._spawn(self._speak_only([TRANSFER_LINE]))
+        await asyncio.gather(self._reply, return_exceptions=True)
+        await self._end_after_playback(transfer=True, reason=reason)
+
+    async def _end_after_playback(self, *, transfer: bool, reason: str = "goodbye") -> None:
+        while self.playback.playing(self.clock()):
+            await asyncio.sleep(min(0.05, self.playback.ahead_s(self.clock())))
+        if transfer:
+            await self.transport.transfer(reason)
+        await self.transport.hang_up()
+
+    # ---------------------------------------------------------------- helpers
+
+    async def _transcribe(self, audio: npt.NDArray[np.float32]) -> Transcript:
+        return await asyncio.to_thread(self.models.recognizer.transcribe, audio)
+
+    def _spawn(self, coroutine) -> asyncio.Task:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        self._heard.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("call %s: voice task failed", self.conversation.call_id, exc_info=task.exception())
+
+    @staticmethod
+    def _discard(task: asyncio.Task | None) -> None:
+        if task is not None:
+            task.cancel()
+
+    _cut_at: float = 0.0
+
+
+async def _aclose(stream: AsyncIterator[str]) -> None:
+    closer = getattr(stream, "aclose", None)
+    if closer is not None:
+        with contextlib.suppress(Exception):
+            await closer()
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 1)

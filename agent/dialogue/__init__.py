@@ -1,0 +1,1 @@
+"""What the agent decides: the dialogue state and its stages, the policies, the hotel tools, the reply plan."""

@@ -1,0 +1,165 @@
+"""The Innkeeper server: phone calls (Twilio), web/SDK calls (plain websocket) and the call records API.
+
+    POST /twilio/voice     incoming-call webhook → TwiML that connects a bidirectional media stream
+    WS   /twilio/stream    Twilio Media Streams (mu-law 8 kHz)
+    WS   /ws/call          the plain protocol (PCM16 16 kHz; telephony/PROTOCOL.md)
+    GET  /api/calls/{id}   a call's record: transcript, per-turn timings, audio files
+    GET  /api/calls?call_sid=CA…   the same, found by Twilio's call id
+    GET  /healthz          liveness, live calls, the serving model (and the last refused one)
+    /admin/models/...      promote, roll back, list model versions (innkeeper/serve/admin.py)
+
+Models load once at start-up (`lifespan`), verified; each call gets a cheap `VoiceCall`. With an LLM, the
+model registry's serving version loads at start-up and is polled for; a new one swaps in between turns.
+Run with `innkeeper serve`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request, WebSocket
+from fastapi.responses import Response
+
+from agent.call.calllog import CallNotFound
+from agent.call.voice import SpeechModels
+from innkeeper.core.settings import Settings
+from innkeeper.serve.admin import ModelAdmin, install_admin
+from innkeeper.serve.calls import CallServices, serve_plain, serve_twilio
+from innkeeper.serve.runtime import AgentRuntime
+from innkeeper.serve.speech import load_speech_models
+from telephony import plain_protocol, twilio_protocol
+
+log = logging.getLogger(__name__)
+
+TWILIO_STREAM_PATH = "/twilio/stream"
+
+
+def create_app(
+    settings: Settings | None = None, *, runtime: AgentRuntime | None = None, models: SpeechModels | None = None
+) -> FastAPI:
+    """The ASGI app. Tests pass a prepared runtime and models; `innkeeper serve` builds them from settings."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        use_llm = settings.voice_llm and settings.llm_model != "none"  # this server only takes voice calls
+        # The LLM itself comes from the model admin: the registry's serving version, else the base model.
+        agent = runtime or await asyncio.to_thread(AgentRuntime.from_settings, settings, use_llm=False)
+        admin = ModelAdmin.for_runtime(
+            settings, agent, llm_enabled=use_llm if runtime is None else agent.reply.llm is not None
+        )
+        await admin.startup()
+        app.state.model_admin = admin
+        speech = models or await asyncio.to_thread(load_speech_models, settings)
+        admin.also_busy += [lambda: speech.recognizer.busy, lambda: speech.synthesizer.busy]
+        app.state.services = CallServices(runtime=agent, models=speech)
+        log.info("innkeeper ready: model %s", agent.reply.llm.version if agent.reply.llm else "templates only")
+        poller = admin.start_polling()
+        yield
+        if poller is not None:
+            poller.cancel()
+        for call in list(app.state.services.active.values()):
+            await call.hang_up("server shutdown")
+
+    app = FastAPI(title="Innkeeper", lifespan=lifespan)
+    install_admin(app, settings)
+
+    @app.get("/healthz")
+    async def healthz(request: Request) -> dict[str, Any]:
+        services: CallServices = request.app.state.services
+        llm = services.runtime.llm
+        return {
+            "status": "ok",
+            "calls_active": len(services.active),
+            "tasks": len(asyncio.all_tasks()),
+            "task_names": sorted(t.get_coro().__qualname__ for t in asyncio.all_tasks()),
+            "rejected_messages": services.rejected_messages,
+            "model_version": llm.version if llm is not None else "template",
+            "model_error": request.app.state.model_admin.error,
+        }
+
+    @app.post("/twilio/voice")
+    async def twilio_voice(request: Request) -> Response:
+        form = {key: str(value) for key, value in (await request.form()).items()}
+        if settings.twilio_auth_token:
+            url = _public_url(request, settings)
+            signature = request.headers.get("X-Twilio-Signature")
+            if not twilio_protocol.validate_signature(settings.twilio_auth_token, url, form, signature):
+                log.warning("rejected webhook with a bad signature from %s", request.client)
+                raise HTTPException(status_code=403, detail="invalid X-Twilio-Signature")
+        stream_url = _public_url(request, settings, path=TWILIO_STREAM_PATH, websocket=True)
+        parameters = {"caller": form.get("From", ""), "called": form.get("To", "")}
+        twiml = twilio_protocol.twiml_connect_stream(stream_url, parameters)
+        return Response(content=twiml, media_type="application/xml")
+
+    @app.websocket(TWILIO_STREAM_PATH)
+    async def twilio_stream(ws: WebSocket) -> None:
+        await serve_twilio(ws, ws.app.state.services)
+
+    @app.websocket(plain_protocol.WS_PATH)
+    async def plain_call(ws: WebSocket) -> None:
+        await serve_plain(ws, ws.app.state.services)
+
+    @app.get("/api/calls/{call_id}")
+    async def call_record(call_id: str, request: Request) -> dict[str, Any]:
+        return await _call_record(request.app.state.services, call_id)
+
+    @app.get("/api/calls")
+    async def call_by_sid(call_sid: str, request: Request) -> dict[str, Any]:
+        services: CallServices = request.app.state.services
+        call_id = await asyncio.to_thread(services.runtime.call_log.find_call, "call_sid", call_sid)
+        if call_id is None:
+            raise HTTPException(status_code=404, detail=f"no call with call_sid {call_sid!r}")
+        return await _call_record(services, call_id)
+
+    return app
+
+
+async def _call_record(services: CallServices, call_id: str) -> dict[str, Any]:
+    call_log = services.runtime.call_log
+    try:
+        summary = await asyncio.to_thread(call_log.call_summary, call_id)
+        turns = await asyncio.to_thread(call_log.transcript, call_id)
+    except CallNotFound:
+        raise HTTPException(status_code=404, detail=f"no call {call_id!r}") from None
+    return {"call": _jsonable(asdict(summary)), "turns": [_jsonable(asdict(turn)) for turn in turns]}
+
+
+def _jsonable(record: dict[str, Any]) -> dict[str, Any]:
+    return {key: value.isoformat() if hasattr(value, "isoformat") else value for key, value in record.items()}
+
+
+def _public_url(request: Request, settings: Settings, *, path: str | None = None, websocket: bool = False) -> str:
+    """The URL as Twilio sees it: the configured public base, else the request's own (proxy headers honoured)."""
+    if settings.public_url:
+        base = settings.public_url.rstrip("/")
+    else:
+        scheme = request.headers.get("X-Forwarded-Proto", request.url.scheme)
+        host = request.headers.get("X-Forwarded-Host", request.headers.get("host", request.url.netloc))
+        base = f"{scheme}://{host}"
+    if websocket:
+        # Twilio only dials wss://; behind TLS termination the public scheme is https.
+        base = "wss://" + base.split("://", 1)[1]
+    return base + (
+        path if path is not None else request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    )
+
+
+def serve(settings: Settings | None = None) -> None:
+    """Run the server with uvicorn (blocking)."""
+    import uvicorn
+
+    settings = settings or Settings()
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        # Binary audio frames up to the plain protocol's limit; anything larger is closed with 1009.
+        ws_max_size=plain_protocol.MAX_BINARY_MESSAGE_BYTES + 1024,
+        log_level="info",
+    )

@@ -1,0 +1,236 @@
+"""The two call websockets, each adapted to the voice loop: Twilio Media Streams and the plain protocol.
+
+One job: move messages between a websocket and a `VoiceCall`. Parsing and message building live in
+`telephony/` (no I/O there); the voice loop in `agent/call/voice.py` (no protocol there). A bad message is
+logged (Twilio, which has no error channel) or answered with an `error` (plain) and the call goes on;
+an oversized one closes the socket with 1009; a dropped connection ends the call cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from agent.call.conversation import DB_ERRORS
+from agent.call.voice import CallRecorder, SpeechModels, VoiceCall
+from innkeeper.serve.runtime import AgentRuntime
+from telephony import plain_protocol as plain
+from telephony import twilio_protocol as twilio
+from telephony.codec import pcm16_to_float32
+from telephony.resample import ASR_RATE, PHONE_RATE, StreamResampler
+from telephony.transports import CLOSE_NORMAL, CLOSE_TOO_BIG, PlainTransport, TwilioTransport, WebSocketSender
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CallServices:
+    """What every call handler shares: the agent runtime, the speech models and the live calls."""
+
+    runtime: AgentRuntime
+    models: SpeechModels
+    active: dict[str, VoiceCall] = field(default_factory=dict)
+    rejected_messages: int = 0  # malformed, unknown or misplaced messages, all calls (health endpoint)
+
+
+async def serve_twilio(ws: WebSocket, services: CallServices) -> None:
+    """One Twilio Media Stream, from `connected` to `stop` or disconnect."""
+    await ws.accept()
+    stream = _TwilioStream(WebSocketSender(ws), services)
+    try:
+        while not stream.sender.closed:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect" or not await stream.handle(message):
+                break
+    except WebSocketDisconnect:
+        pass
+    finally:
+        await _end(stream.call, stream.sender, services)
+
+
+class _TwilioStream:
+    """The state of one Twilio websocket: the call once `start` came, and the caller's upsampler."""
+
+    def __init__(self, sender: WebSocketSender, services: CallServices) -> None:
+        self.sender = sender
+        self.services = services
+        self.call: VoiceCall | None = None
+        self.upsample = StreamResampler(PHONE_RATE, ASR_RATE, low_latency=True)
+
+    async def handle(self, message: dict[str, Any]) -> bool:
+        """One websocket message; False when the stream should end."""
+        if message.get("bytes") is not None:
+            _reject(self.services, "twilio: binary frame (ignored)")
+            return True
+        text = message.get("text") or ""
+        if len(text.encode("utf-8")) > twilio.MAX_TWILIO_MESSAGE_BYTES:
+            await self.sender.close(CLOSE_TOO_BIG)
+            return False
+        try:
+            return await self._dispatch(twilio.parse_inbound(text))
+        except twilio.ProtocolError as err:  # malformed JSON, a bad field, a payload that is not base64
+            _reject(self.services, f"twilio: {err}")
+            return True
+
+    async def _dispatch(self, event: twilio.InboundMessage) -> bool:
+        if isinstance(event, twilio.StartMessage):
+            if self.call is None:
+                self.call = await _start_twilio_call(event, self.sender, self.services)
+            return True
+        if self.call is None:
+            if not isinstance(event, twilio.ConnectedMessage):
+                _reject(self.services, f"twilio: {event.event} before start (ignored)")
+            return True
+        if isinstance(event, twilio.MediaMessage):
+            pcm8k = event.pcm16()
+            self.call.hear(pcm16_to_float32(self.upsample.process(pcm8k)))
+        elif isinstance(event, twilio.MarkMessage):
+            self.call.played(event.mark.name, None)
+        elif isinstance(event, twilio.DtmfMessage):
+            await self.call.dtmf(event.dtmf.digit)
+        elif isinstance(event, twilio.StopMessage):
+            return False
+        return True
+
+
+async def _start_twilio_call(start: twilio.StartMessage, sender: WebSocketSender, services: CallServices) -> VoiceCall:
+    params = start.start.custom_parameters or {}
+    transport = TwilioTransport(sender, start.stream_sid)
+    meta = {"call_sid": start.start.call_sid, "stream_sid": start.stream_sid, "parameters": params}
+    return await _open_call(services, transport, "twilio", params.get("caller"), meta, caller_rate=ASR_RATE)
+
+
+# ------------------------------------------------------------------------------------------ plain
+
+
+async def serve_plain(ws: WebSocket, services: CallServices) -> None:
+    """One call on the plain protocol (telephony/PROTOCOL.md)."""
+    await ws.accept()
+    sender = WebSocketSender(ws)
+    transport = PlainTransport(sender)
+    call: VoiceCall | None = None
+    try:
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            if message.get("bytes") is not None:
+                call = await _plain_audio(message["bytes"], call, transport, services)
+            else:
+                text = message.get("text") or ""
+                if len(text.encode("utf-8")) > plain.MAX_TEXT_MESSAGE_BYTES:
+                    await sender.close(CLOSE_TOO_BIG)
+                    break
+                call, stop = await _plain_control(text, call, transport, services)
+                if stop:
+                    break
+            if sender.closed:
+                break
+    except WebSocketDisconnect:
+        pass
+    finally:
+        await _end(call, sender, services)
+
+
+async def _plain_audio(data: bytes, call: VoiceCall | None, transport: PlainTransport, services) -> VoiceCall | None:
+    if len(data) > plain.MAX_BINARY_MESSAGE_BYTES:
+        await transport.sender.close(CLOSE_TOO_BIG)
+        return call
+    if call is None:
+        _reject(services, "plain: audio before start")
+        await transport.error("send a start message first")
+        return call
+    try:
+        pcm = plain.parse_client_audio(data)
+    except plain.ProtocolError as err:
+        _reject(services, f"plain: {err}")
+        await transport.error(str(err))
+        return call
+    call.hear(pcm16_to_float32(pcm))
+    return call
+
+
+async def _plain_control(
+    text: str, call: VoiceCall | None, transport: PlainTransport, services: CallServices
+) -> tuple[VoiceCall | None, bool]:
+    """Handle one JSON message; returns the call (created by `start`) and whether the call should end."""
+    try:
+        message = plain.parse_client_message(text)
+    except plain.UnknownEvent as err:
+        _reject(services, f"plain: {err}")
+        return call, False  # newer clients may send types we do not know
+    except plain.ProtocolError as err:
+        _reject(services, f"plain: {err}")
+        await transport.error(str(err))
+        return call, False
+    if isinstance(message, plain.ClientStart):
+        if call is not None:
+            await transport.error("the call has started already")
+            return call, False
+        call = await _open_call(services, transport, "web", message.caller, {}, caller_rate=plain.SAMPLE_RATE)
+        await transport.ready(call.conversation.planned_call_id)
+        return call, False
+    if call is None:
+        _reject(services, f"plain: {message.type} before start")
+        await transport.error("send a start message first")
+        return call, False
+    if isinstance(message, plain.ClientPlayback):
+        call.played(message.mark, message.played_ms)
+    elif isinstance(message, plain.ClientDtmf):
+        await call.dtmf(message.digit)
+    elif isinstance(message, plain.ClientStop):
+        return call, True
+    return call, False
+
+
+# ------------------------------------------------------------------------------------------ shared
+
+
+async def _open_call(
+    services: CallServices, transport, channel: str, caller: str | None, meta: dict[str, Any], *, caller_rate: int
+) -> VoiceCall:
+    conversation = services.runtime.new_conversation(channel=channel, caller_number=caller)
+    call_id = conversation.planned_call_id
+    settings = services.runtime.settings
+    recorder = CallRecorder(settings.calls_dir, call_id, caller_rate=caller_rate, agent_rate=transport.rate)
+    try:
+        await conversation.start()
+        await asyncio.to_thread(
+            services.runtime.call_log.set_audio,
+            call_id,
+            caller_audio=str(recorder.caller_path),
+            agent_audio=str(recorder.agent_path),
+        )
+        if meta:
+            await asyncio.to_thread(services.runtime.call_log.update_meta, call_id, **meta)
+    except DB_ERRORS as err:  # the call goes on; the conversation writes its turns once the database is back
+        log.error("call %s: call record unavailable: %s", call_id, err)
+    call = VoiceCall(conversation, services.models, transport, recorder=recorder)
+    services.active[call_id] = call
+    await call.begin()
+    return call
+
+
+async def _end(call: VoiceCall | None, sender: WebSocketSender, services: CallServices) -> None:
+    """Whatever ended the call: log what is pending, stop its tasks, close the socket."""
+    if call is not None:
+        try:
+            await call.hang_up()
+            if call.events:
+                await asyncio.to_thread(
+                    services.runtime.call_log.update_meta, call.conversation.call_id, voice_events=call.events
+                )
+        except Exception:  # never let one call's cleanup take the server down
+            log.exception("call %s: cleanup failed", call.conversation.call_id)
+        finally:
+            services.active.pop(call.conversation.planned_call_id, None)
+    await sender.close(CLOSE_NORMAL)
+
+
+def _reject(services: CallServices, reason: str) -> None:
+    services.rejected_messages += 1
+    log.warning("%s", reason)

@@ -1,0 +1,87 @@
+"""The serving process's shared pieces: one database, hotel, tool set, call log and LLM for all calls.
+
+Built once per process from `Settings`; each caller gets a cheap `Conversation` from it. The
+language model sits in a `ModelSlot`: a model swap replaces it between turns, and each conversation
+takes the slot's model at the start of every turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+from agent.call.calllog import CallLog
+from agent.call.conversation import Conversation
+from agent.dialogue.tools import HotelTools
+from agent.reply.wording import TextStreamer
+from innkeeper.core.db.database import Database
+from innkeeper.core.hotel import HotelProfile, load_hotel
+from innkeeper.core.settings import Settings
+from innkeeper.models.slot import ModelSlot
+
+
+def hotel_today(settings: Settings, hotel: HotelProfile) -> Callable[[], date]:
+    """'Today' for date understanding: pinned by settings, else the date in the hotel's timezone."""
+    if settings.today is not None:
+        pinned = settings.today
+        return lambda: pinned
+    zone = ZoneInfo(settings.timezone or hotel.timezone)
+    return lambda: datetime.now(zone).date()
+
+
+VOICE_CHANNELS = frozenset({"twilio", "web"})
+
+
+class AgentRuntime:
+    def __init__(self, settings: Settings, *, llm: TextStreamer | None, db: Database | None = None):
+        self.settings = settings
+        self.hotel = load_hotel(settings.hotel_file)
+        self.db = db or Database.from_settings(settings)
+        self.today = hotel_today(settings, self.hotel)
+        self.tools = HotelTools(self.db, self.hotel, today=self.today)
+        self.call_log = CallLog(self.db)
+        self.slot = ModelSlot(llm)
+
+    @property
+    def llm(self) -> TextStreamer | None:
+        """The model serving now (read-only: swaps go through `slot.swap_to`)."""
+        return self.slot.current
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, use_llm: bool = True) -> AgentRuntime:
+        """Migrate and seed the database, load the configured LLM (verified) and return the runtime."""
+        db = Database.from_settings(settings)
+        db.migrate()
+        db.seed(load_hotel(settings.hotel_file))
+        llm = None
+        if use_llm:
+            from innkeeper.models.resolve import load_chat_model
+
+            llm = load_chat_model(settings)
+        return cls(settings, llm=llm, db=db)
+
+    def new_conversation(self, *, channel: str = "text", caller_number: str | None = None) -> Conversation:
+        return Conversation(
+            hotel=self.hotel,
+            tools=self.tools,
+            call_log=self.call_log,
+            llm=None,
+            # Voice calls without voice_llm stay on templates; every other turn reads the slot afresh.
+            model_source=None if channel in VOICE_CHANNELS and not self.settings.voice_llm else self._serving,
+            today=self.today,
+            channel=channel,
+            caller_number=caller_number,
+            max_new_tokens=self.settings.llm_max_new_tokens,
+            temperature=self.settings.llm_temperature,
+            first_sentence_budget_s=self._first_sentence_budget_s(voice=channel in VOICE_CHANNELS),
+            turns=self.slot.turns,
+        )
+
+    def _serving(self) -> TextStreamer | None:
+        return self.slot.current
+
+    def _first_sentence_budget_s(self, *, voice: bool) -> float | None:
+        """A caller on the phone hears the wait as silence: voice calls give the LLM less time."""
+        budget_ms = self.settings.voice_llm_first_sentence_ms if voice else self.settings.llm_first_sentence_ms
+        return None if budget_ms is None else budget_ms / 1000
