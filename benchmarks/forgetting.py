@@ -31,8 +31,8 @@ from innkeeper.core.settings import Settings
 from innkeeper.models.resolve import resolve_model_dir, start_model_dir, tuning_root
 from innkeeper.simulation import scripted_bookings
 from tuning import evaluate
+from tuning.methods.projected import ProjectedConfig
 from tuning.pipeline import CorpusSize, as_batches, domain_splits, load_for_eval, mean_loss, protected_examples, tune
-from tuning.projected import ProjectedConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

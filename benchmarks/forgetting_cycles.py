@@ -46,11 +46,11 @@ from innkeeper.core.settings import Settings
 from innkeeper.models.resolve import start_model_dir, tuning_root
 from innkeeper.simulation import scripted_bookings
 from tuning import evaluate
-from tuning.baselines import train
 from tuning.data.dialogues import TrainingExample
+from tuning.lm import Batch
+from tuning.methods import get_method, train
+from tuning.methods.projected import ProjectedConfig, ProtectedBases
 from tuning.pipeline import CorpusSize, as_batches, calibrated, domain_splits, mean_loss, protected_examples
-from tuning.projected import ProjectedConfig
-from tuning.projected.calibrate import Batch, ProtectedBases
 
 MATCHED = ("chat_kl", "refusal", "refusal_margin_delta", "general_nll_delta_pct")
 PANELS = (
@@ -80,7 +80,7 @@ def main() -> None:
     cfg = ProjectedConfig(steps=args.steps_per_night, batch_size=4, eval_every=0, seed=0, progress=True)
     cfg = cfg.model_copy(update=overrides)
     bases = None
-    if method.startswith("projected"):  # the start model's geometry, protected every night
+    if get_method(method).needs_bases:  # the start model's geometry, protected every night
         bases = calibrated(base, protected[0], protected[1], cfg, tuning_root(settings) / "calibration")
     protected_batches = as_batches(protected[0], base.tokenizer, cfg.batch_size, seed=cfg.seed)
 

@@ -441,7 +441,9 @@ def audit(home: Path, nightly: dict[str, Any]) -> dict[str, Any]:
     from innkeeper.core.db.database import Database
     from innkeeper.core.db.schema import utcnow
     from innkeeper.core.hotel import load_hotel
-    from tuning.data.curate import Dropped, hotel_terms, redact_dialogue, select_calls
+    from tuning.data.curate import hotel_terms
+    from tuning.data.redact import Dropped, redact_dialogue
+    from tuning.data.selection import select_calls
 
     calls = [PlacedCall(**c) for c in json.loads((home / "bench-calls.json").read_text())]
     dataset_path = Path(nightly["run_dir"]) / "dataset.json"

@@ -1,8 +1,9 @@
 """Voice-to-voice latency of phone calls to the real server, at 1, 2 and 4 concurrent calls.
 
 Starts `innkeeper serve` on a free port (fresh INNKEEPER_HOME, INNKEEPER_TODAY=2026-11-26), or uses --url, and
-places scripted booking calls over the Twilio protocol with the simulated caller (innkeeper/simulation/voice_caller.py: the
-Piper voice through an 8 kHz mu-law line, 20 ms frames in real time, Twilio's mark and clear behaviour).
+places scripted booking calls over the Twilio protocol with the simulated caller
+(innkeeper/simulation/voice_caller.py: the Piper voice through an 8 kHz mu-law line, 20 ms frames in real
+time, Twilio's mark and clear behaviour).
 Latency counts from the caller's last speech frame to the first agent audio frame it receives. Adds the
 server's own per-stage latencies from its call records (`/api/calls`), and the real-time factors of ASR
 and TTS measured in this process before the server starts. Prints tables and writes
@@ -37,17 +38,10 @@ from rich.table import Table
 from agent.speech.tts import Synthesizer
 from innkeeper.core.settings import Settings
 from innkeeper.serve.speech import load_recognizer, load_synthesizer
+from innkeeper.simulation.call_report import CallError, CallReport, call_url, fetch_call_record, http_base
+from innkeeper.simulation.caller_lines import CallerLine, lines_from_text
 from innkeeper.simulation.server_process import ServerProcess
-from innkeeper.simulation.voice_caller import (
-    CallerLine,
-    CallError,
-    CallReport,
-    call_url,
-    fetch_call_record,
-    http_base,
-    lines_from_text,
-    place_call,
-)
+from innkeeper.simulation.voice_caller import place_call
 from telephony.codec import pcm16_to_float32
 from telephony.resample import ASR_RATE, resample
 

@@ -1,7 +1,7 @@
 """The agent's side of a call websocket: audio frames, segment marks, clears and control messages, per protocol.
 
 `TwilioTransport` speaks Twilio Media Streams, `PlainTransport` the plain protocol (PROTOCOL.md); both
-implement the `CallTransport` the voice pipeline sends through (`agent.call.voice`), over one
+implement the `CallTransport` the voice pipeline sends through (`agent.call.voice_config`), over one
 `WebSocketSender` that serialises sends. Which call a websocket feeds is wired in `innkeeper.serve.calls`.
 """
 

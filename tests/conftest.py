@@ -61,7 +61,7 @@ def hotel() -> HotelProfile:
 
 @pytest.fixture
 def sqlite_db(tmp_path, hotel: HotelProfile) -> Iterator[Database]:
-    db = Database(f"sqlite:///{tmp_path / 'innkeeper.core.db'}")
+    db = Database(f"sqlite:///{tmp_path / 'innkeeper.db'}")
     db.migrate()
     db.seed(hotel)
     yield db

@@ -18,18 +18,9 @@ import numpy as np
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from innkeeper.simulation.voice_caller import (
-    CallerLine,
-    CallError,
-    ConnectFailed,
-    call_url,
-    http_base,
-    latency_table,
-    lines_from_text,
-    lines_from_wavs,
-    place_call,
-    read_wav,
-)
+from innkeeper.simulation.call_report import CallError, ConnectFailed, call_url, http_base, latency_table
+from innkeeper.simulation.caller_lines import CallerLine, lines_from_text, lines_from_wavs, read_wav
+from innkeeper.simulation.voice_caller import place_call
 from telephony import plain_protocol as plain
 from telephony import twilio_protocol as tw
 from telephony.codec import mulaw_decode, mulaw_encode, pcm16_from_bytes, pcm16_to_bytes

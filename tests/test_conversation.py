@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import select
 
-from innkeeper.cli import DEMO_SCRIPT
+from innkeeper.cli.demo import DEMO_SCRIPT
 from innkeeper.core.db.schema import Booking, Call, Turn
 from innkeeper.core.settings import Settings
 from innkeeper.serve.runtime import AgentRuntime

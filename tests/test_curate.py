@@ -16,21 +16,11 @@ from innkeeper.core.db.schema import Call, Turn, utcnow
 from innkeeper.core.settings import Settings
 from innkeeper.serve.runtime import AgentRuntime
 from tuning.data.canaries import contains_card_number
-from tuning.data.curate import (
-    CARD,
-    CODE,
-    EMAIL,
-    NAME,
-    PHONE,
-    CallDialogue,
-    CallTurn,
-    Dropped,
-    curate,
-    filter_for_training,
-    redact_dialogue,
-    select_calls,
-)
+from tuning.data.curate import curate, filter_for_training
 from tuning.data.dialogues import IGNORE_INDEX, Dialogue, build_examples, import_dialogues
+from tuning.data.pii import CARD, CODE, EMAIL, NAME, PHONE
+from tuning.data.redact import Dropped, redact_dialogue
+from tuning.data.selection import CallDialogue, CallTurn, select_calls
 
 TODAY = date(2026, 11, 26)
 GREETING = "Thank you for calling The Harbor View Inn. How can I help you today?"

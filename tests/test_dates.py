@@ -63,7 +63,21 @@ CASES = [
     (THU_NOV_26, "in two weeks for 3 nights", d(12, 10), d(12, 13), 3),
     (THU_NOV_26, "a week from Friday", d(12, 4), None, None),
     (THU_NOV_26, "I'll stay four nights from the second of January", d(1, 2, 2027), d(1, 6, 2027), 4),
+    # A stay's days are its nights; "N days from <date>" is a stay that starts then.
+    (THU_NOV_26, "for three days", None, None, 3),
+    (THU_NOV_26, "a 2 day stay", None, None, 2),
+    (THU_NOV_26, "five days from the 6th of December", d(12, 6), d(12, 11), 5),
+    (THU_NOV_26, "in 3 days", d(11, 29), None, None),
+    (THU_NOV_26, "Friday next week", d(12, 4), None, None),
+    (THU_NOV_26, "I need the room later today", d(11, 26), None, None),
+    # Two dates in one list: the nights named, unless they are the arrival and the departure.
+    (THU_NOV_26, "Monday and Tuesday, December 14 and 15", d(12, 14), d(12, 16), 2),
+    (THU_NOV_26, "check-in and check-out are the 10th and the 12th respectively", d(12, 10), d(12, 12), 2),
+    # The field named next to its value wins over "to" as a range word.
+    (THU_NOV_26, "please change the check-in date to the 2nd", d(12, 2), None, None),
+    (THU_NOV_26, "change that to the 3rd for check in and make it four nights", d(12, 3), d(12, 7), 4),
     # Nothing said, or nothing certain: stays None rather than a guess.
+    (THU_NOV_26, "thanks, that's all I needed today", None, None, None),
     (THU_NOV_26, "I'd like to book a room", None, None, None),
     (THU_NOV_26, "sometime next week", None, None, None),
     (THU_NOV_26, "how much is it a night?", None, None, None),

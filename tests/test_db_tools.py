@@ -400,4 +400,4 @@ def test_hung_postgres_server_times_out(silent_server: int) -> None:
 def test_unopenable_sqlite_file_is_reported(tmp_path: Path) -> None:
     (tmp_path / "not-a-dir").write_text("")
     with pytest.raises(DatabaseUnavailable):
-        Database(f"sqlite:///{tmp_path / 'not-a-dir' / 'innkeeper.core.db'}").ping()
+        Database(f"sqlite:///{tmp_path / 'not-a-dir' / 'innkeeper.db'}").ping()

@@ -15,6 +15,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from innkeeper.core.settings import Settings
 from tuning import evaluate as ev
 from tuning.data.dialogues import Dialogue, build_examples
+from tuning.evaluate.compare import RIGHT_WRONG, paired_change
+from tuning.evaluate.context import Run
+from tuning.evaluate.scoring import Scored, continuation_logprobs, token_logprobs
+from tuning.evaluate.tokens import context_and_continuations
 from tuning.refusals import POLICY_PROBES, is_refusal
 
 TEXTS = [
@@ -105,6 +109,17 @@ def test_flips_counted_on_paired_items() -> None:
         ev.count_flips([True], [True, False])
 
 
+def test_paired_change_is_the_mean_difference_with_flips() -> None:
+    base = [True, True, False, False]
+    tuned = [True, False, True, True]
+    change = paired_change(base, tuned, RIGHT_WRONG, resamples=200)
+    assert list(change) == ["base", "delta", "delta_ci", "right_to_wrong", "wrong_to_right"]
+    assert change["base"] == 0.5 and change["delta"] == pytest.approx(0.25)
+    assert (change["right_to_wrong"], change["wrong_to_right"]) == (1, 2)
+    margins = paired_change([0.5, -1.0, 2.0], [1.5, 0.0, 3.0], resamples=200)  # real values: no flips
+    assert list(margins) == ["base", "delta", "delta_ci"] and margins["delta_ci"] == [1.0, 1.0]
+
+
 # ---------------------------------------------------------------- scoring
 
 
@@ -134,12 +149,12 @@ def test_mc_picks_the_answer_the_model_is_forced_to_prefer(tiny) -> None:
 
 def test_shared_prefix_scoring_matches_whole_sequences(tiny) -> None:
     model, tokenizer = tiny
-    run = ev._Run(model, tokenizer, ev.EvalSuite(), None, False)
+    run = Run(model, tokenizer, ev.EvalSuite(), None, False)
     context, choices = QUESTIONS[0]
-    prefix, tails = ev._context_and_continuations(tokenizer, context, choices, 1024)
+    prefix, tails = context_and_continuations(tokenizer, context, choices, 1024)
     with torch.inference_mode():
-        shared = ev._continuation_logprobs(run, prefix, tails)
-        whole = ev._token_logprobs(run, [ev._Scored(prefix + t, len(prefix)) for t in tails], "check")
+        shared = continuation_logprobs(run, prefix, tails)
+        whole = token_logprobs(run, [Scored(prefix + t, len(prefix)) for t in tails], "check")
     for a, b in zip(shared, whole, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 

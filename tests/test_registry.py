@@ -19,19 +19,13 @@ import torch
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
-from innkeeper import cli as cli_module
 from innkeeper.cli import app
+from innkeeper.cli import common as cli_common
 from innkeeper.core.db.database import Database
 from innkeeper.core.settings import Settings, get_settings
 from innkeeper.models.artifacts import DELTA_FILE, MANIFEST_FILE, save_delta, verify_artifact, weights_sha256
-from innkeeper.models.registry import (
-    COMPLETE_MARKER,
-    ArtifactStore,
-    ModelRegistry,
-    ModelVersion,
-    RegistryError,
-    VersionStatus,
-)
+from innkeeper.models.registry import ModelRegistry, ModelVersion, RegistryError, VersionStatus
+from innkeeper.models.store import COMPLETE_MARKER, ArtifactStore
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -413,7 +407,7 @@ def cli(db: Database, store_dir: Path, tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("INNKEEPER_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("INNKEEPER_DATABASE_URL", db.url.render_as_string(hide_password=False))
     monkeypatch.setenv("INNKEEPER_REGISTRY_URL", f"file://{store_dir}")
-    monkeypatch.setattr(cli_module.console, "width", 200)  # rich wraps the table at 80 columns otherwise
+    monkeypatch.setattr(cli_common.console, "width", 200)  # rich wraps the table at 80 columns otherwise
     get_settings.cache_clear()
     yield CliRunner()
     get_settings.cache_clear()
@@ -478,7 +472,7 @@ def test_the_bare_models_group_lists_the_registry_commands() -> None:
 @pytest.mark.real_model
 def test_bare_models_still_provisions_the_bundled_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INNKEEPER_HOME", str(tmp_path))
-    monkeypatch.setattr(cli_module.console, "width", 200)
+    monkeypatch.setattr(cli_common.console, "width", 200)
     get_settings.cache_clear()
     try:
         result = CliRunner().invoke(app, ["models"])

@@ -12,8 +12,8 @@ from innkeeper.models.artifacts import verify_artifact
 from innkeeper.models.resolve import guarded_dir, start_model_dir
 from innkeeper.simulation.scripted_bookings import measure_into
 from tuning.data.dialogues import import_dialogues, load_shared_dialogues
+from tuning.methods.projected import ProjectedConfig
 from tuning.pipeline import CorpusSize, align, evaluate_model, run_domain_tuning
-from tuning.projected import ProjectedConfig
 
 SIZE = CorpusSize(text_tokens=512, chats=2, safety=4, max_len=128)
 

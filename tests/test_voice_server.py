@@ -22,12 +22,13 @@ import websockets
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 
-from agent.call.voice import SpeechModels
+from agent.call.voice_config import SpeechModels
 from innkeeper.core.settings import Settings
 from innkeeper.serve.app import create_app
 from innkeeper.serve.runtime import AgentRuntime
 from innkeeper.serve.speech import load_speech_models
-from innkeeper.simulation.voice_caller import CallerLine, lines_from_text, place_call
+from innkeeper.simulation.caller_lines import CallerLine, lines_from_text
+from innkeeper.simulation.voice_caller import place_call
 from telephony import plain_protocol
 from telephony.codec import pcm16_to_bytes
 from telephony.resample import resample

@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from agent.dialogue.manager import ReplyPlan
+from agent.dialogue.state import ReplyPlan
 from agent.reply.wording import ReplyWriter, fact_tokens, split_sentences
 from innkeeper.core.hotel import load_hotel
 from innkeeper.core.settings import Settings

@@ -2,7 +2,7 @@
 
     curate   select finished, eligible calls; redact personal data; filter poisoned turns  (tuning/data/curate.py)
     train    from the guarded base, on all eligible calls but a held-out share (projected method)
-    evaluate the candidate, the base and the serving model on one suite              (tuning/evaluate.py)
+    evaluate the candidate, the base and the serving model on one suite              (tuning/evaluate/)
     gate     domain gain vs the serving model, retention and safety budgets vs the base,
              memorization canaries                                        (tuning/gate.py, tuning/data/canaries.py)
     register the version with its metrics and lineage (the call ids it learned from)  (innkeeper/models/registry.py)

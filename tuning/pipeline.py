@@ -27,7 +27,6 @@ from innkeeper.core.settings import Settings
 from innkeeper.models.artifacts import apply_delta, export_hf, load_delta, read_manifest, save_delta, weights_sha256
 from innkeeper.models.resolve import guarded_dir, resolve_model_dir, start_model_dir, tuning_root
 from tuning import evaluate
-from tuning.baselines import train
 from tuning.data import corpus
 from tuning.data.dialogues import (
     TrainingExample,
@@ -38,9 +37,17 @@ from tuning.data.dialogues import (
     load_shared_dialogues,
     split_dialogues,
 )
-from tuning.projected import ProjectedConfig, ProtectedBases, calibrate_bases, select_rows
-from tuning.projected.calibrate import CalibrationMismatch, lm_loss, weights_fingerprint
-from tuning.projected.train import TrainResult
+from tuning.lm import lm_loss
+from tuning.loop import TrainResult
+from tuning.methods import get_method, train
+from tuning.methods.projected import (
+    CalibrationMismatch,
+    ProjectedConfig,
+    ProtectedBases,
+    calibrate_bases,
+    select_rows,
+    weights_fingerprint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +202,7 @@ def tune(
     train_batches = as_batches(train_examples, chat.tokenizer, cfg.batch_size, seed=cfg.seed)
     eval_batches = as_batches(eval_examples, chat.tokenizer, cfg.batch_size, seed=0)
     bases = masks = None
-    if method.startswith("projected"):
+    if get_method(method).needs_bases:
         bases = calibrated(chat, protected_list, provenance, cfg, tuning_root(settings) / "calibration")
         if cfg.row_budget < 1.0 or cfg.layer_row_budget:
             masks = select_rows(chat.model, bases, train_batches[:4], cfg)

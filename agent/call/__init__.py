@@ -1,1 +1,1 @@
-"""One call: the conversation (a turn from words to a worded reply), the voice pipeline, playback, the call log."""
+"""One call: the conversation (words to a worded reply), the voice pipeline, playback, the recording, the call log."""

@@ -23,8 +23,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from agent.call.calllog import CallLog
 from agent.call.turns import TurnsInProgress
-from agent.dialogue.manager import DialogueManager, ReplyPlan, Stage, mask_turn
+from agent.dialogue.manager import DialogueManager
 from agent.dialogue.policy import InputProblem, clean_utterance
+from agent.dialogue.state import ReplyPlan, Stage, mask_turn
 from agent.dialogue.tools import HotelTools
 from agent.reply.wording import ReplyWriter, TextStreamer
 from innkeeper.core.db.database import DatabaseUnavailable

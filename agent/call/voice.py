@@ -1,14 +1,12 @@
 """The per-call voice loop: caller audio in, spoken replies out, interruptible, every turn timed.
 
-Transport-agnostic: `innkeeper/serve/app.py` adapts Twilio Media Streams and the plain websocket to a
+Transport-agnostic: `innkeeper/serve/calls.py` adapts Twilio Media Streams and the plain websocket to a
 `CallTransport`, feeds caller audio (16 kHz) into `VoiceCall.hear` and playback acknowledgements into
-`VoiceCall.played`. The pipeline of one turn:
+`VoiceCall.played`. The stages of one turn are listed, in order, in `TURN_STAGES` below; `VoiceCall` runs
+them. Model work runs in worker threads; the event loop only moves frames, so other calls keep going.
 
-    caller audio ─► Endpointer (Silero VAD) ─► Recognizer (thread; started early, on the first pause)
-      ─► Conversation.respond (sentences) ─► Synthesizer (thread, per sentence) ─► resample, 20 ms frames
-      ─► paced sends ─► transport            barge-in: caller speech over the reply ─► clear, heard words only
-
-Model work runs in worker threads; the event loop only moves frames, so other calls keep going.
+Beside the pipeline: what the caller heard (`agent.call.playback`) and the call recording
+(`agent.call.recorder`); what a call is built from (`agent.call.voice_config`).
 """
 
 from __future__ import annotations
@@ -16,29 +14,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import re
 import time
-import wave
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from agent.call.conversation import Conversation
-from agent.speech.asr import Recognizer, Transcript
-from agent.speech.tts import Synthesizer
-from agent.speech.vad import EndpointConfig, Endpointer, EventKind, SileroVad
+from agent.call.playback import Playback, Segment, speakable_pieces
+from agent.call.recorder import CallRecorder
+from agent.call.voice_config import CallTransport, SpeechModels
+from agent.speech.asr import Transcript
+from agent.speech.vad import Endpointer, Event, EventKind
 from telephony.codec import float32_to_pcm16
 from telephony.framing import frames_of
 from telephony.resample import resample
 
 log = logging.getLogger(__name__)
 
-ASR_RATE = 16000
+_T = TypeVar("_T")
 _WORD = re.compile(r"[a-z']+")
 # A "yes" or "okay" said as the agent's last words play is an answer, not a backchannel: it is dropped only
 # while more of the reply is to come or more than this much of its audio is still to play.
@@ -49,212 +46,34 @@ SYNTH_AHEAD = 2
 TRANSFER_LINE = "Of course, I'm transferring you to the front desk now. Please hold."
 
 
-# ------------------------------------------------------------------------------------------ configuration
+# ------------------------------------------------------------------------------------------ the stages
 
 
-@dataclass(frozen=True)
-class VoiceConfig:
-    """Turn-taking and playback settings of a call (from `Settings`; see `voice_config`)."""
+class TurnStage(NamedTuple):
+    """One stage of a caller turn: the `VoiceCall` method that runs it, and where its work happens."""
 
-    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
-    # Caller speech over the agent interrupts once it lasts this long and holds a word that is not a
-    # backchannel ("mhm", "okay"): long enough that a cough or a murmur of assent does not cut the agent off.
-    barge_in_min_speech_ms: int = 400
-    backchannels: frozenset[str] = frozenset(
-        {"mhm", "mm", "hmm", "uh", "huh", "uh-huh", "um", "okay", "ok", "yeah", "yes", "right", "sure", "yep", "ah"}
-        # assent the agent should talk through: "that's right", "correct", "got it", "I see"
-        | {"that's", "thats", "correct", "exactly", "alright", "got", "it", "i", "see", "great", "perfect", "oh"}
-    )
-    # Audio sent ahead of the caller's playback: enough to ride out jitter, small enough that a `clear`
-    # rarely has much to drop and the send clock stays a good estimate of what was heard.
-    lead_ms: int = 240
-    partial_every_ms: int | None = 1200  # partial transcripts while the caller speaks (None = off)
-    ack_wait_ms: int = 400  # after a barge-in, how long to wait for the client's playback report
+    name: str
+    method: str  # the VoiceCall method that runs the stage
+    runs_in: str  # "event loop" (cheap, must never block) or "worker thread" (model work)
+    does: str
 
 
-@dataclass
-class SpeechModels:
-    """The process-wide speech models every call shares."""
-
-    recognizer: Recognizer
-    synthesizer: Synthesizer
-    vad: SileroVad
-    config: VoiceConfig = field(default_factory=VoiceConfig)
-
-
-class CallTransport(Protocol):
-    """What the voice loop needs from a websocket protocol (Twilio or plain)."""
-
-    rate: int  # sample rate of agent audio on the wire
-
-    async def send_audio(self, frame: npt.NDArray[np.int16]) -> None: ...
-    async def start_segment(self, mark: str, text: str) -> None: ...
-    async def end_segment(self, mark: str) -> None: ...
-    async def clear(self) -> None: ...
-    async def transcript(self, role: str, text: str, final: bool) -> None: ...
-    async def transfer(self, reason: str) -> None: ...
-    async def hang_up(self) -> None: ...
-
-
-# A long sentence is spoken in pieces cut after a comma, colon or sentence end: Piper renders a whole
-# piece before any of it can play, so a short first piece is what makes the first audio early. Pieces
-# stay whole clauses, and a weekday stays with its date. The first piece of a reply may be shorter:
-# that is where the caller waits.
-MIN_PIECE_WORDS = 4
-MIN_FIRST_PIECE_WORDS = 2
-SPLIT_ABOVE_WORDS = 8
-_CLAUSE_END = re.compile(r"(?<=[,;:.!?])\s+")
-_WEEKDAY_COMMA = re.compile(r"(?:Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day,$")
-
-
-def speakable_pieces(sentence: str, *, first: bool = False) -> list[str]:
-    """`sentence` cut at commas into clauses (short sentences stay whole); `first`: the reply's first sentence."""
-    if len(sentence.split()) <= SPLIT_ABOVE_WORDS:
-        return [sentence]
-    pieces: list[str] = []
-    for clause in _CLAUSE_END.split(sentence):
-        minimum = MIN_FIRST_PIECE_WORDS if first and len(pieces) == 1 else MIN_PIECE_WORDS
-        if pieces and (len(pieces[-1].split()) < minimum or _WEEKDAY_COMMA.search(pieces[-1])):
-            pieces[-1] = f"{pieces[-1]} {clause}"
-        else:
-            pieces.append(clause)
-    if len(pieces) > 1 and len(pieces[-1].split()) < MIN_PIECE_WORDS:
-        pieces[-2:] = [f"{pieces[-2]} {pieces[-1]}"]
-    return pieces
-
-
-# ------------------------------------------------------------------------------------------ playback model
-
-
-@dataclass
-class Segment:
-    """One spoken sentence: when its audio should play, and what the caller is known to have heard."""
-
-    mark: str
-    text: str
-    samples: int = 0
-    starts_at: float | None = None  # send clock: when its first sample plays at the caller
-    ends_at: float | None = None
-    sent_all: bool = False
-    played_ms: float | None = None  # reported by the client (plain) or implied by a mark echo (Twilio)
-
-    def duration_ms(self, rate: int) -> float:
-        return 1000.0 * self.samples / rate
-
-    def heard_fraction(self, at: float, rate: int) -> float:
-        if self.played_ms is not None:
-            return min(1.0, self.played_ms / max(self.duration_ms(rate), 1.0))
-        if self.starts_at is None or at <= self.starts_at:
-            return 0.0
-        return min(1.0, (at - self.starts_at) * 1000.0 / max(self.duration_ms(rate), 1.0))
-
-
-class Playback:
-    """The send clock: audio plays in real time from when it is sent, one segment after another.
-
-    Marks echoed by Twilio and the plain client's `playback` reports correct the estimate; after a
-    barge-in it says which words the caller heard.
-    """
-
-    def __init__(self, rate: int) -> None:
-        self.rate = rate
-        self.segments: list[Segment] = []
-        self.play_end = 0.0  # when the last sent sample finishes playing
-
-    def begin(self, mark: str, text: str) -> Segment:
-        segment = Segment(mark, text)
-        self.segments.append(segment)
-        return segment
-
-    def sent(self, segment: Segment, samples: int, now: float) -> None:
-        self.play_end = max(self.play_end, now)
-        if segment.starts_at is None:
-            segment.starts_at = self.play_end
-        segment.samples += samples
-        self.play_end += samples / self.rate
-        segment.ends_at = self.play_end
-
-    def acknowledge(self, mark: str, played_ms: float | None, now: float) -> None:
-        for segment in self.segments:
-            if segment.mark == mark:
-                if played_ms is not None:
-                    segment.played_ms = float(played_ms)
-                elif (
-                    segment.sent_all and segment.played_ms is None and segment.ends_at and now >= segment.ends_at - 0.5
-                ):
-                    segment.played_ms = segment.duration_ms(self.rate)  # a mark echoed in its own time: played
-                return
-
-    def playing(self, now: float) -> bool:
-        return now < self.play_end
-
-    def ahead_s(self, now: float) -> float:
-        """Audio sent but not yet played."""
-        return max(0.0, self.play_end - now)
-
-    def heard_text(self, at: float, first: int = 0) -> str:
-        """The words of segments[first:] that had played by `at` (a cut segment counts pro rata)."""
-        words: list[str] = []
-        for segment in self.segments[first:]:
-            fraction = segment.heard_fraction(at, self.rate)
-            seg_words = segment.text.split()
-            words += seg_words[: math.floor(len(seg_words) * fraction + 1e-9)]
-        return " ".join(words)
-
-    def cut(self, at: float) -> None:
-        """A `clear` was sent at `at`: nothing after it plays."""
-        self.play_end = min(self.play_end, at)
-
-
-# ------------------------------------------------------------------------------------------ call recording
-
-
-class CallRecorder:
-    """Both legs of a call as 16-bit WAV files, aligned on the call's clock (silence where a leg is quiet)."""
-
-    def __init__(self, directory: Path, call_id: str, *, caller_rate: int, agent_rate: int, clock=time.monotonic):
-        directory.mkdir(parents=True, exist_ok=True)
-        self.caller_path = directory / f"{call_id}-caller.wav"
-        self.agent_path = directory / f"{call_id}-agent.wav"
-        self._clock = clock
-        self._t0 = clock()
-        self._legs = {
-            "caller": (_open_wav(self.caller_path, caller_rate), caller_rate),
-            "agent": (_open_wav(self.agent_path, agent_rate), agent_rate),
-        }
-        self._written = {"caller": 0, "agent": 0}
-
-    def caller(self, pcm16: npt.NDArray[np.int16]) -> None:
-        self._write("caller", pcm16, align=False)  # the caller leg is continuous already
-
-    def agent(self, pcm16: npt.NDArray[np.int16], at: float) -> None:
-        self._write("agent", pcm16, align=True, at=at)
-
-    def _write(self, leg: str, pcm16: npt.NDArray[np.int16], *, align: bool, at: float | None = None) -> None:
-        handle, rate = self._legs[leg]
-        if handle is None:
-            return
-        if align and at is not None:
-            gap = int((at - self._t0) * rate) - self._written[leg]
-            if gap > 0:
-                handle.writeframes(np.zeros(gap, dtype="<i2").tobytes())
-                self._written[leg] += gap
-        handle.writeframes(np.asarray(pcm16, dtype="<i2").tobytes())
-        self._written[leg] += len(pcm16)
-
-    def close(self) -> None:
-        for leg, (handle, rate) in list(self._legs.items()):
-            if handle is not None:
-                handle.close()
-            self._legs[leg] = (None, rate)
-
-
-def _open_wav(path: Path, rate: int) -> wave.Wave_write:
-    handle = wave.open(str(path), "wb")  # noqa: SIM115 -- stays open for the whole call, closed by close()
-    handle.setnchannels(1)
-    handle.setsampwidth(2)
-    handle.setframerate(rate)
-    return handle
+# One caller turn, in order (as a Pipecat pipeline is a visible list of processors); each stage's method hands
+# its result to the next. transcribe starts on the caller's first pause, so the text is often ready when they
+# stop; split → synthesize → play run at once, joined by queues, so no stage waits on one that could run ahead.
+# `VoiceCall` defines the methods in this order (checked on import): the class reads as the turn runs.
+TURN_STAGES: tuple[TurnStage, ...] = (
+    TurnStage("hear", "hear", "event loop", "caller audio in (16 kHz): recorded, then pushed through the VAD"),
+    TurnStage("endpoint", "_on_vad_event", "event loop", "Silero VAD: speech start, pause (ASR starts early), end"),
+    TurnStage("transcribe", "_finish_utterance", "worker thread", "the text started on the pause, or ASR at the end"),
+    TurnStage("respond", "_answer", "worker thread", "Conversation.respond: the reply, sentence by sentence"),
+    TurnStage("split", "_collect", "event loop", "each sentence cut into clauses (speakable_pieces): early audio"),
+    TurnStage("synthesize", "_synthesize", "worker thread", "Piper per clause, SYNTH_AHEAD ahead, at the wire rate"),
+    TurnStage("play", "_play", "event loop", "20 ms frames paced lead_ms ahead of the caller, a mark per clause"),
+)
+# Beside the stages, not after them: caller speech over the reply that is not a backchannel cuts playback
+# (`clear` goes out first), and the call log keeps only the words the caller heard.
+BARGE_IN = TurnStage("barge-in", "_barge_in", "event loop", "stop the reply now: clear, cut the send clock")
 
 
 # ------------------------------------------------------------------------------------------ the call
@@ -272,7 +91,10 @@ class _Utterance:
 
 
 class VoiceCall:
-    """One caller on one transport. Feed it with `hear`, `played` and `dtmf`; end it with `hang_up`."""
+    """One caller on one transport. Feed it with `hear`, `played` and `dtmf`; end it with `hang_up`.
+
+    The methods that run the turn's stages (`TURN_STAGES`) come in stage order, each in its section below.
+    """
 
     def __init__(
         self,
@@ -281,7 +103,7 @@ class VoiceCall:
         transport: CallTransport,
         *,
         recorder: CallRecorder | None = None,
-        clock=time.monotonic,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.conversation = conversation
         self.models = models
@@ -296,8 +118,9 @@ class VoiceCall:
         self._utterance: _Utterance | None = None
         self._reply: asyncio.Task[None] | None = None
         self._reply_cut = asyncio.Event()
-        self._tasks: set[asyncio.Task] = set()
-        self._heard: set[asyncio.Task] = set()  # recognising finished caller turns: a hang-up waits for these
+        self._cut_at = 0.0  # when the reply was cut (valid while _reply_cut is set)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._heard: set[asyncio.Task[Any]] = set()  # recognising finished caller turns: a hang-up waits for these
         self._marks = 0
         self._spoken: list[str] = []
         self._reply_first_segment = 0
@@ -305,7 +128,7 @@ class VoiceCall:
         self._closing = False
         self._transferring = False
 
-    # ---------------------------------------------------------------- inputs from the transport
+    # ---------------------------------------------------------------- inputs from the transport (stage: hear)
 
     async def begin(self) -> None:
         """Greet the caller."""
@@ -366,9 +189,9 @@ class VoiceCall:
             self.recorder.close()
         self.done.set()
 
-    # ---------------------------------------------------------------- turn taking
+    # ---------------------------------------------------------------- turn taking (stages: endpoint, transcribe)
 
-    def _on_vad_event(self, event) -> None:
+    def _on_vad_event(self, event: Event) -> None:
         now = self.clock()
         if event.kind is EventKind.SPEECH_START:
             self._utterance = _Utterance(started_at=now, overlap=self._agent_busy())
@@ -463,7 +286,7 @@ class VoiceCall:
     def _agent_busy(self) -> bool:
         return (self._reply is not None and not self._reply.done()) or self.playback.playing(self.clock())
 
-    # ---------------------------------------------------------------- speaking
+    # ---------------------------------------------------------------- speaking (respond, split, synthesize, play)
 
     async def _answer(self, caller_text: str, speech_end: float, timings: dict[str, float]) -> None:
         clock: dict[str, float] = {}
@@ -498,7 +321,8 @@ class VoiceCall:
         """Speak the chunks as they come; returns the time of a barge-in, or None.
 
         Three stages run at once so the caller never waits on a stage that could have run ahead: the reply
-        text (LLM or template), synthesis (ahead of playback) and paced sending.
+        text (LLM or template) cut into clauses, synthesis (ahead of playback) and paced sending; they are
+        `split`, `synthesize` and `play` in `TURN_STAGES`.
         """
         self._reply_cut.clear()
         self._reply_all_sent = False
@@ -562,7 +386,9 @@ class VoiceCall:
             segment.sent_all = True
             await self.transport.end_segment(mark)
 
-    async def _send_frames(self, segment: Segment, frames: Iterable[npt.NDArray[np.int16]], clock: dict) -> None:
+    async def _send_frames(
+        self, segment: Segment, frames: Iterable[npt.NDArray[np.int16]], clock: dict[str, float]
+    ) -> None:
         lead = self.config.lead_ms / 1000.0
         for frame in frames:
             if self._reply_cut.is_set():
@@ -579,7 +405,7 @@ class VoiceCall:
             if self.recorder is not None:
                 self.recorder.agent(frame, now)
 
-    async def _until_cut(self, awaitable):
+    async def _until_cut(self, awaitable: Awaitable[_T]) -> _T | None:
         """Await something unless a barge-in comes first (then None)."""
         task = asyncio.ensure_future(awaitable)
         cut = asyncio.ensure_future(self._reply_cut.wait())
@@ -655,24 +481,36 @@ class VoiceCall:
     async def _transcribe(self, audio: npt.NDArray[np.float32]) -> Transcript:
         return await asyncio.to_thread(self.models.recognizer.transcribe, audio)
 
-    def _spawn(self, coroutine) -> asyncio.Task:
+    def _spawn(self, coroutine: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
 
-    def _task_done(self, task: asyncio.Task) -> None:
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         self._heard.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("call %s: voice task failed", self.conversation.call_id, exc_info=task.exception())
 
     @staticmethod
-    def _discard(task: asyncio.Task | None) -> None:
+    def _discard(task: asyncio.Task[Any] | None) -> None:
         if task is not None:
             task.cancel()
 
-    _cut_at: float = 0.0
+
+def _check_stages() -> None:
+    """Keep `TURN_STAGES` true to the code: each stage names a `VoiceCall` method, defined in stage order."""
+    defined = list(vars(VoiceCall))
+    named = [stage.method for stage in (*TURN_STAGES, BARGE_IN)]
+    missing = [method for method in named if not callable(vars(VoiceCall).get(method))]
+    if missing:
+        raise TypeError(f"TURN_STAGES names methods VoiceCall does not have: {missing}")
+    if [defined.index(method) for method in named] != sorted(defined.index(method) for method in named):
+        raise TypeError(f"VoiceCall defines the stage methods out of TURN_STAGES order: {named}")
+
+
+_check_stages()
 
 
 async def _aclose(stream: AsyncIterator[str]) -> None:

@@ -1,1 +1,1 @@
-"""What the agent decides: the dialogue state and its stages, the policies, the hotel tools, the reply plan."""
+"""What the agent decides: the dialogue state, its routing and booking flows, the policies, the hotel tools."""

@@ -24,7 +24,7 @@ from transformers import (
 )
 from transformers.generation.streamers import TextStreamer
 
-from innkeeper.core.provision import MANIFEST
+from innkeeper.core.manifest import MANIFEST
 
 Messages = list[dict[str, str]]
 
@@ -65,7 +65,7 @@ class ChatModel:
         self.version = version or _version(directory, label)
         self.tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(directory)
         # float32 even for half-precision checkpoints: bf16 was not faster on CPU here and it changes
-        # greedy output (see innkeeper/core/provision.py).
+        # greedy output (see innkeeper/core/convert.py).
         self.model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
         self._eos_ids = eos_token_ids(self.model, self.tokenizer)
         self._lock = threading.Lock()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from types import EllipsisType
 from typing import Protocol
 
-from agent.dialogue.manager import ReplyPlan
+from agent.dialogue.state import ReplyPlan
 from innkeeper.core.codes import CODE_PATTERN
 from innkeeper.core.hotel import HotelProfile
 

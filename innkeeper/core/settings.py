@@ -194,7 +194,7 @@ class Settings(BaseSettings):
 
     @property
     def db_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.home / 'innkeeper.core.db'}"
+        return self.database_url or f"sqlite:///{self.home / 'innkeeper.db'}"
 
 
 @lru_cache(maxsize=1)

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from innkeeper.core.provision import check_file, sha256_file, write_manifest
+from innkeeper.core.manifest import check_file, sha256_file, write_manifest
 
 FORMAT_VERSION = 1
 DELTA_FILE = "delta.safetensors"

@@ -26,7 +26,7 @@ from fastapi import FastAPI, HTTPException, Request, WebSocket
 from fastapi.responses import Response
 
 from agent.call.calllog import CallNotFound
-from agent.call.voice import SpeechModels
+from agent.call.voice_config import SpeechModels
 from innkeeper.core.settings import Settings
 from innkeeper.serve.admin import ModelAdmin, install_admin
 from innkeeper.serve.calls import CallServices, serve_plain, serve_twilio
@@ -51,14 +51,14 @@ def create_app(
         # The LLM itself comes from the model admin: the registry's serving version, else the base model.
         agent = runtime or await asyncio.to_thread(AgentRuntime.from_settings, settings, use_llm=False)
         admin = ModelAdmin.for_runtime(
-            settings, agent, llm_enabled=use_llm if runtime is None else agent.reply.llm is not None
+            settings, agent, llm_enabled=use_llm if runtime is None else agent.llm is not None
         )
         await admin.startup()
         app.state.model_admin = admin
         speech = models or await asyncio.to_thread(load_speech_models, settings)
         admin.also_busy += [lambda: speech.recognizer.busy, lambda: speech.synthesizer.busy]
         app.state.services = CallServices(runtime=agent, models=speech)
-        log.info("innkeeper ready: model %s", agent.reply.llm.version if agent.reply.llm else "templates only")
+        log.info("innkeeper ready: model %s", agent.llm.version if agent.llm else "templates only")
         poller = admin.start_polling()
         yield
         if poller is not None:

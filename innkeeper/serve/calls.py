@@ -16,7 +16,9 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from agent.call.conversation import DB_ERRORS
-from agent.call.voice import CallRecorder, SpeechModels, VoiceCall
+from agent.call.recorder import CallRecorder
+from agent.call.voice import VoiceCall
+from agent.call.voice_config import SpeechModels
 from innkeeper.serve.runtime import AgentRuntime
 from telephony import plain_protocol as plain
 from telephony import twilio_protocol as twilio

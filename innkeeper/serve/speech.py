@@ -6,7 +6,7 @@ model files meet them.
 
 from __future__ import annotations
 
-from agent.call.voice import SpeechModels, VoiceConfig
+from agent.call.voice_config import SpeechModels, VoiceConfig
 from agent.speech.asr import DecodeOptions, Recognizer, domain_hotwords, domain_prompt
 from agent.speech.tts import Synthesizer
 from agent.speech.vad import EndpointConfig, default_vad

@@ -21,8 +21,8 @@ import torch
 
 from agent.understanding.cards import mask_card_numbers
 from agent.understanding.numbers import digit_runs
-from tuning.data.curate import is_card_number
 from tuning.data.dialogues import SYSTEM_PROMPT, Dialogue
+from tuning.data.pii import is_card_number
 
 # A greedy text generator: (prompt text, max new tokens) → the continuation only.
 Generator = Callable[[str, int], str]

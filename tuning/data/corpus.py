@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from agent.reply.llm import ChatModel, eos_token_ids
-from innkeeper.core.provision import sha256_file
+from innkeeper.core.manifest import sha256_file
 from tuning.data.dialogues import IGNORE_INDEX, SYSTEM_PROMPT, TrainingExample, encode_chat, unit_hash
 
 Part = Literal["calibration", "heldout"]

@@ -22,16 +22,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from tuning.projected.calibrate import (
-    Batch,
-    LayerBasis,
-    LossFn,
-    ProtectedBases,
-    domain_gradients,
-    lm_loss,
-    target_linears,
-)
-from tuning.projected.config import ProjectedConfig
+from tuning.lm import Batch, LossFn, lm_loss, mean_gradients, target_linears
+from tuning.methods.projected.bases import LayerBasis, ProtectedBases
+from tuning.methods.projected.config import ProjectedConfig
 
 MASKS_FILE = "masks.safetensors"
 
@@ -66,7 +59,7 @@ def select_rows(
 ) -> dict[str, Tensor]:
     """Per target layer, which output rows may change (True) given the domain batches."""
     layers = target_linears(model, cfg.targets)
-    grads = domain_gradients(model, layers, domain_batches, loss_fn)
+    grads = mean_gradients(model, layers, domain_batches, loss_fn)
     return {
         name: top_rows(
             row_scores(layer.weight, bases.layers[name], grads[name], cfg),

@@ -1,4 +1,5 @@
-"""Every knob of projected fine-tuning (and of its baselines, which share the loop) in one validated object."""
+"""Every knob of projected fine-tuning in one validated object; the other methods take it too and read only the
+shared knobs (`tuning.loop.TrainConfig`: targets, optimisation, stopping and logging)."""
 
 from __future__ import annotations
 

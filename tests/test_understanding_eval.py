@@ -1,0 +1,155 @@
+"""`innkeeper eval understanding`: annotated dialogues in the shared sets' formats, scored per slot.
+
+The dialogues here are written for the test in the two formats (SGD frames with canonical values; MultiWOZ
+belief states on the system turn after each user turn), so the expected figures are known by hand.
+"""
+
+import json
+from datetime import date
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from agent.dialogue.tracker import StayTracker
+from innkeeper.cli import app
+from innkeeper.core.hotel import load_hotel
+from innkeeper.core.settings import Settings
+from tuning.evaluate import understanding as und
+
+FRIDAY = "2019-03-01"
+
+
+def _sgd_user(text: str, state: dict[str, list[str]], actions: list[tuple[str, str, str]] = ()) -> dict:
+    return {
+        "speaker": "USER",
+        "utterance": text,
+        "frames": [
+            {
+                "service": "Hotels_2",
+                "actions": [
+                    {"act": "INFORM", "slot": s, "values": [v], "canonical_values": [c]} for s, v, c in actions
+                ],
+                "state": {"slot_values": state},
+            }
+        ],
+    }
+
+
+def _sgd_system(text: str) -> dict:
+    return {"speaker": "SYSTEM", "utterance": text, "frames": [{"service": "Hotels_2", "actions": []}]}
+
+
+SGD_DIALOGUE = {
+    "dialogue_id": "t_1",
+    "turns": [
+        _sgd_user("I need a house in Denver.", {}),
+        _sgd_system("When do you check in, and how many of you are there?"),
+        _sgd_user(
+            "We are three, arriving next Tuesday.",
+            {"number_of_adults": ["3"], "check_in_date": ["next Tuesday"]},
+            [("number_of_adults", "3", "3"), ("check_in_date", "next Tuesday", "2019-03-05")],
+        ),
+        _sgd_system("And when will you leave?"),
+        _sgd_user(
+            "On the 9th.",
+            {"number_of_adults": ["3"], "check_in_date": ["next Tuesday"], "check_out_date": ["the 9th"]},
+            [("check_out_date", "the 9th", "2019-03-09")],
+        ),
+    ],
+}
+
+MULTIWOZ_DIALOGUE = {
+    "dialogue_id": "m_1.json",
+    "turns": [
+        {"speaker": "USER", "utterance": "Book it for 2 people, 3 nights from Monday."},
+        {
+            "speaker": "SYSTEM",
+            "utterance": "Done.",
+            "belief_state": {"hotel": {"book": {"booked": [], "stay": "3", "day": "monday", "people": "2"}}},
+        },
+    ],
+}
+
+
+def _write(path: Path, *dialogues: dict) -> Path:
+    path.write_text("".join(json.dumps(d) + "\n" for d in dialogues))
+    return path
+
+
+def test_gold_comes_from_the_dialogue_annotations():
+    sgd = und.parse_dialogue(SGD_DIALOGUE)
+    assert sgd.source == "sgd"
+    assert [t.turn for t in sgd.user_turns] == [0, 2, 4]
+    assert sgd.user_turns[0].gold == {}
+    assert sgd.user_turns[1].agent_text.startswith("When do you check in")
+    assert sgd.user_turns[1].gold == {"number_of_adults": {3}, "check_in_date": {"2019-03-05"}}
+    assert sgd.user_turns[-1].gold["check_out_date"] == {"2019-03-09"}
+    woz = und.parse_dialogue(MULTIWOZ_DIALOGUE)
+    assert woz.source == "multiwoz"
+    assert woz.user_turns[0].gold == {
+        "check_in_weekday": {"monday"},
+        "number_of_adults": {2},
+        "number_of_days": {3},
+    }
+
+
+def test_the_rules_track_the_stay_across_turns_with_the_agents_question_in_mind():
+    tracker = StayTracker(load_hotel(Settings().hotel_file), date(2019, 3, 1))
+    assert tracker.hear(None, "I'd like a room next Tuesday.")["check_in_date"] == "2019-03-05"
+    state = tracker.hear("How many nights will you stay?", "Three.")
+    assert state["number_of_days"] == 3 and state["check_out_date"] == "2019-03-08"
+    state = tracker.hear("How many guests?", "Two adults.")
+    assert state["number_of_adults"] == 2
+    # the arrival moved after a departure date was named: the departure stays
+    tracker = StayTracker(load_hotel(Settings().hotel_file), date(2019, 3, 1))
+    tracker.hear(None, "I'll stay until the 9th.")
+    state = tracker.hear("When will you arrive?", "Actually I arrive on the 4th.")
+    assert (state["check_in_date"], state["check_out_date"], state["number_of_days"]) == ("2019-03-04", "2019-03-09", 5)
+
+
+def test_cli_writes_a_line_per_caller_turn_and_scores_each_slot(tmp_path):
+    files = [_write(tmp_path / "sgd.jsonl", SGD_DIALOGUE), _write(tmp_path / "woz.jsonl", MULTIWOZ_DIALOGUE)]
+    out = tmp_path / "pred.jsonl"
+    result = CliRunner().invoke(
+        app, ["eval", "understanding", *map(str, files), "--today", FRIDAY, "--json", str(out)], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(line["dialogue_id"], line["turn"]) for line in lines] == [
+        ("t_1", 0),
+        ("t_1", 2),
+        ("t_1", 4),
+        ("m_1.json", 0),
+    ]
+    assert set(lines[0]["state"]) == {"check_in_date", "check_out_date", "number_of_days", "number_of_adults"}
+    assert lines[2]["state"] == {
+        "check_in_date": "2019-03-05",
+        "check_out_date": "2019-03-09",
+        "number_of_days": 4,
+        "number_of_adults": 3,
+    }
+    assert lines[3]["state"]["number_of_adults"] == 2 and lines[3]["state"]["number_of_days"] == 3
+    assert "check_out_date" in result.output and "joint" in result.output
+
+
+def test_a_wrong_value_counts_against_its_slot():
+    dialogue = und.parse_dialogue(SGD_DIALOGUE)
+    wrong = {"check_in_date": "2019-03-06", "check_out_date": None, "number_of_days": None, "number_of_adults": 3}
+    scores = und.Scores()
+    for user_turn in dialogue.user_turns:
+        scores.add(dialogue, user_turn, und.Prediction(dialogue.dialogue_id, user_turn.turn, wrong))
+    table = scores.as_dict()
+    assert table["check_in_date"] == {"right": 0, "scored": 2, "accuracy": 0.0}
+    assert table["number_of_adults"]["accuracy"] == 1.0
+    assert table["check_out_date"]["right"] == 0
+
+
+def test_bad_input_is_a_clear_error_not_a_traceback(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"dialogue_id": "x", "turns": [\n')
+    result = CliRunner().invoke(app, ["eval", "understanding", str(bad), "--today", FRIDAY])
+    assert result.exit_code == 2 and "not a JSON line" in " ".join(result.output.split())
+    result = CliRunner().invoke(app, ["eval", "understanding", str(bad), "--today", "tomorrow"])
+    assert result.exit_code == 2
+    result = CliRunner().invoke(app, ["eval", "understanding", str(bad), "--today", FRIDAY, "--model", "magic"])
+    assert result.exit_code == 2 and "unknown understanding" in " ".join(result.output.split())
