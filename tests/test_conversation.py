@@ -337,3 +337,66 @@ def test_questions_are_answered_not_taken_for_requests(runtime, question, answer
         assert answer_word in reply.lower(), replies
         assert "confirmation code" not in reply and "thank you for calling" not in reply.lower()
     assert replies[0] == replies[1]
+
+
+# ---------------------------------------------------------------- callers who leave the script
+
+
+def test_name_and_phone_in_one_sentence_complete_the_booking(runtime):
+    replies, _ = talk(
+        runtime,
+        ("I'd like a room December 7 to December 9 for two adults", "The standard queen", "Ana Diaz, 207 555 0199"),
+    )
+    assert "Shall I book it?" in replies[-1] and "Ana Diaz" in replies[-1] and "207 555 0199" in replies[-1]
+    replies, _ = talk(runtime, ("Yes",), _)
+    assert len(runtime.tools.list_bookings()) == 1
+
+
+def test_a_question_mid_booking_is_answered_and_the_booking_goes_on(runtime):
+    replies, _ = talk(runtime, ("I need a room December 7 for 2 nights", "Is parking included?"))
+    hotel = runtime.hotel
+    assert hotel.facts["parking"] in replies[-1]
+    assert replies[-1].endswith("How many guests will be staying?")
+
+
+def test_a_closing_mid_booking_ends_the_call_without_booking(runtime):
+    replies, convo = talk(runtime, ("I want to book a room for December 7", "Thanks, that's all for now."))
+    assert "Goodbye" in replies[-1] and "nothing has been booked" in replies[-1]
+    assert convo.ended and runtime.tools.list_bookings() == []
+
+
+def test_availability_of_a_room_on_a_date_is_answered(runtime):
+    replies, _ = talk(runtime, ("Is the harbor suite available on December 20?",))
+    assert replies[-1].startswith("Yes, the Harbor Suite is available on Sunday, December 20")
+    assert "How many nights" in replies[-1]
+
+
+def test_a_price_question_gets_the_total_without_asking_for_a_name(runtime):
+    replies, _ = talk(runtime, ("What would 3 nights in the deluxe king cost from December 10?",))
+    quote = runtime.tools.quote("deluxe", date(2026, 12, 10), date(2026, 12, 13))
+    assert f"${quote.total:,.2f}" in replies[-1] and "including tax" in replies[-1]
+    assert "name" not in replies[-1].lower()
+
+
+def test_what_the_hotel_facts_do_not_say_is_not_invented_and_the_front_desk_is_offered(runtime):
+    replies, convo = talk(runtime, ("Is there a spa?",))
+    assert "don't have that information" in replies[-1] and "connect you" in replies[-1]
+    replies, convo = talk(runtime, ("Yes please.",), convo)
+    assert convo.last_turn.plan.transfer
+    replies, _ = talk(runtime, ("What restaurants are near the hotel?",))
+    assert "don't have that information" in replies[-1]
+    assert runtime.hotel.facts["restaurant"] not in replies[-1]  # the hotel's own restaurant is not "nearby"
+
+
+def test_a_room_question_is_answered_from_the_rooms_description(runtime):
+    replies, _ = talk(runtime, ("What beds are in the deluxe king?",))
+    deluxe = runtime.hotel.room("deluxe")
+    assert deluxe.description in replies[-1] and f"sleeps up to {deluxe.capacity}" in replies[-1]
+    assert "arrive" not in replies[-1]  # a question, not the start of a booking
+
+
+def test_two_listed_dates_are_the_nights_and_respectively_names_in_and_out(runtime):
+    replies, _ = talk(runtime, ("I need a room Monday and Tuesday, December 14 and 15",))
+    assert "from Monday, December 14 to Wednesday, December 16" in replies[-1]
+    replies, _ = talk(runtime, ("Book a room; check-in and check-out are the 10th and the 12th respectively, for one",))
+    assert "from Thursday, December 10 to Saturday, December 12" in replies[-1] and "1 guest" in replies[-1]

@@ -24,9 +24,15 @@ from agent.dialogue.new_booking import NewBookingFlow
 from agent.dialogue.spoken import say_money, spell
 from agent.dialogue.state import DialogueState, ReplyPlan, Stage
 from agent.dialogue.tools import HotelTools
+from agent.understanding.dates import StayDates, parse_guest_count, parse_stay
 from agent.understanding.intents import Intent, TurnMeaning, read_turn
 from innkeeper.core.hotel import HotelProfile
 
+# What the agent says when the hotel's facts do not answer a question: never an invented fact.
+NO_INFORMATION = "I'm sorry, I don't have that information; the front desk can help with that."
+# A question that mentions these is about a stay, not a fact the profile may lack ("do you have a room?").
+_STAY_WORDS = re.compile(r"\b(?:rooms?|nights?|stay\w*|book\w*|reserv\w*|vacanc\w*|availab\w*|\d)", re.I)
+_TASKS = frozenset({Intent.BOOK, Intent.AVAILABILITY, Intent.PRICE, Intent.MODIFY, Intent.CANCEL, Intent.LOOKUP})
 _QUESTION_ACTS = frozenset({"clarify", "change_what", "confirm_again", "confirm_cancel", "offer_rooms"})
 _ANOTHER_BOOKING = re.compile(r"\b(another|second|one more|new|also|as well|too)\b", re.I)
 
@@ -87,25 +93,30 @@ class DialogueManager:
         if policy.is_harmful(text):
             return self.with_reprompt("decline_harmful", ["I'm sorry, I can't help with that."])
         if policy.wants_human(text):
-            self.state.stage = Stage.ENDED
-            return ReplyPlan(
-                "transfer",
-                ["Of course. I'm transferring you to a member of our front desk team now; please hold."],
-                transfer=True,
-                end_call=True,
-            )
+            return self._transfer()
         if policy.is_off_topic(text):
             return self.with_reprompt(
                 "decline_off_topic",
                 ["I'm sorry, I can only help with the hotel: rooms, reservations and questions about your stay."],
             )
         meaning = read_turn(text)
+        if self.state.pending == "transfer_offer" and meaning.affirm:
+            return self._transfer()
+        if self._closes_the_call(text, meaning):
+            return self._goodbye()
         answers = []
         if meaning.topics and (meaning.is_question or not self.state.pending) and not self._is_slot_answer(meaning):
-            answers = self._answer_topics(meaning.topics)
+            answers = self._answer_topics(meaning.topics, meaning.room_type)
+        elif self._asks_what_the_facts_do_not_say(text, meaning):
+            answers = [NO_INFORMATION]
+        pending_before = self.state.pending
+        if answers and self.state.stage is Stage.OPEN and meaning.is_question and not meaning.intents & _TASKS:
+            return self._answer_only(answers)
         plan = self._advance(text, meaning)
         if answers and plan.act in {"clarify", "greet"}:
-            return ReplyPlan("answer_question", [*answers, "Is there anything else I can help with?"])
+            return self._answer_only(answers)
+        if answers and answers[-1] == NO_INFORMATION and self.state.pending == pending_before == "transfer_offer":
+            self.state.pending = None
         plan.sentences[:0] = answers
         return plan
 
@@ -164,16 +175,61 @@ class DialogueManager:
             and not _ANOTHER_BOOKING.search(text)
         )
 
+    def _answer_only(self, answers: list[str]) -> ReplyPlan:
+        if answers[-1] == NO_INFORMATION:
+            self.state.pending = "transfer_offer"
+            return ReplyPlan("no_information", [*answers, "Would you like me to connect you?"])
+        return ReplyPlan("answer_question", [*answers, "Is there anything else I can help with?"])
+
+    def _closes_the_call(self, text: str, meaning: TurnMeaning) -> bool:
+        """ "Thanks, that's all for now" in the middle of a task: the caller is leaving, not answering."""
+        if Intent.GOODBYE not in meaning.intents or self.state.stage in (Stage.OPEN, Stage.ENDED):
+            return False
+        return not (meaning.intents & _TASKS or meaning.affirm or meaning.topics or re.search(r"\d", text))
+
+    def _goodbye(self) -> ReplyPlan:
+        unfinished = self.state.stage not in (Stage.OPEN, Stage.ENDED) and self.state.booked is None
+        self.state.stage = Stage.ENDED
+        lead = ["No problem; nothing has been booked."] if unfinished else []
+        return ReplyPlan("goodbye", [*lead, f"Thank you for calling {self.state.hotel.name}. Goodbye!"], end_call=True)
+
+    def _transfer(self) -> ReplyPlan:
+        self.state.stage = Stage.ENDED
+        return ReplyPlan(
+            "transfer",
+            ["Of course. I'm transferring you to a member of our front desk team now; please hold."],
+            transfer=True,
+            end_call=True,
+        )
+
+    def _asks_what_the_facts_do_not_say(self, text: str, meaning: TurnMeaning) -> bool:
+        """A question about the hotel that no fact, policy or room answers ("is there a spa?")."""
+        return (
+            meaning.is_question
+            and "?" in text
+            and not meaning.topics
+            and not meaning.intents & _TASKS
+            and meaning.room_type is None
+            and not _STAY_WORDS.search(text)
+            and parse_stay(text, self.state.today()) == StayDates()
+            and parse_guest_count(text) is None
+        )
+
     # ------------------------------------------------------------------ questions and re-prompts
     def _is_slot_answer(self, meaning: TurnMeaning) -> bool:
         """A turn that answers the pending question is not a topic question, even if it names a topic."""
         return self.state.pending == "room_type" and meaning.room_type is not None and not meaning.is_question
 
-    def _answer_topics(self, topics: tuple[str, ...]) -> list[str]:
+    def _answer_topics(self, topics: tuple[str, ...], room_type: str | None = None) -> list[str]:
         hotel = self.state.hotel
+        if "nearby" in topics:  # "restaurants near the hotel" asks about the neighbourhood, not the Galley
+            topics = (*(t for t in topics if t not in ("nearby", "restaurant")), "nearby")
         answers = []
         for topic in topics:
-            if topic == "check_times":
+            if topic == "room_details":
+                rooms = [hotel.room(room_type)] if room_type else list(hotel.room_types)
+                answers += [f"The {r.name} has {r.description}; it sleeps up to {r.capacity}." for r in rooms]
+            elif topic == "check_times":
                 answers.append(f"Check-in is from {hotel.check_in_time} and check-out is by {hotel.check_out_time}.")
             elif topic == "address":
                 answers.append(f"We're at {hotel.address}.")
@@ -181,7 +237,7 @@ class DialogueManager:
                 answer = hotel.facts.get(topic) or hotel.policies.get(topic)
                 if answer:
                     answers.append(answer)
-        return answers or ["I'm not sure about that one; the front desk can tell you more."]
+        return answers or [NO_INFORMATION]
 
     def _rate_card(self) -> str:
         rates = [f"the {r.name} from {say_money(r.nightly_rate)}" for r in self.state.hotel.room_types]

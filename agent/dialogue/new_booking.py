@@ -17,7 +17,7 @@ from agent.dialogue.state import BookingDraft, DialogueState, ReplyPlan, Stage
 from agent.dialogue.tools import NoAvailability, RoomAvailability, ToolError
 from agent.understanding.contacts import find_email, find_phone
 from agent.understanding.dates import StayDates, parse_guest_count, parse_stay
-from agent.understanding.intents import TurnMeaning, find_name
+from agent.understanding.intents import Intent, TurnMeaning, find_name
 from agent.understanding.numbers import parse_number, words_to_numbers
 
 
@@ -30,6 +30,9 @@ class NewBookingFlow:
     def fill_draft(self, text: str, meaning: TurnMeaning) -> bool:
         """Apply every detail found in the turn to the draft; True if anything changed."""
         before = replace(self.state.draft)
+        self.state.asked = meaning.intents
+        if self.state.pending == "room_type" and meaning.affirm and len(self.state.offered) == 1:
+            self.state.draft.room_type = self.state.offered[0]  # "yes" to "we have the Harbor Suite"
         self._apply_dates(text)
         self._apply_guests(text)
         if meaning.room_type:
@@ -95,10 +98,13 @@ class NewBookingFlow:
             return ReplyPlan("ask_check_in", [*lead, "What date would you like to arrive?"])
         if not d.check_out:
             self.state.pending = "nights"
-            return ReplyPlan("ask_nights", [f"Arriving {say_date(d.check_in)}. How many nights will you stay?"])
+            lead = self._one_night_availability() or f"Arriving {say_date(d.check_in)}."
+            return ReplyPlan("ask_nights", [lead, "How many nights will you stay?"])
+        quote = self._quote_asked_for()
         if not d.guests:
             self.state.pending = "guests"
-            return ReplyPlan("ask_guests", [f"{self._stay_phrase()}. How many guests will be staying?"])
+            lead = quote or [f"{self._stay_phrase()}."]
+            return ReplyPlan("ask_guests", [*lead, "How many guests will be staying?"])
         biggest = max(r.capacity for r in self.state.hotel.room_types)
         if d.guests > biggest:
             self.state.pending = "guests"
@@ -108,7 +114,9 @@ class NewBookingFlow:
                 [f"Our largest room sleeps {biggest}. How many guests will share this room?"],
             )
         if not d.room_type:
-            return self._offer_rooms()
+            plan = self._offer_rooms()
+            plan.sentences[:0] = quote or []
+            return plan
         offer = self._check_room(d.room_type)
         if isinstance(offer, ReplyPlan):
             return offer
@@ -124,6 +132,37 @@ class NewBookingFlow:
                 [f"Thank you, {d.first_name}.", "What's the best phone number for your confirmation and payment link?"],
             )
         return self._read_back()
+
+    def _one_night_availability(self) -> str | None:
+        """ "Is the suite available on the 20th?": whether that room is free that night, before the length."""
+        d = self.state.draft
+        if Intent.AVAILABILITY not in self.state.asked or not d.room_type or not d.check_in:
+            return None
+        spec = self.state.hotel.room(d.room_type)
+        try:
+            rooms = self.state.run_tool("check_availability", d.check_in, d.check_in + timedelta(days=1), d.guests)
+        except ToolError as err:
+            return str(err)
+        free = next((r for r in rooms if r.room_type == d.room_type), None)
+        if free is None:
+            return f"I'm sorry, the {spec.name} is not available on {say_date(d.check_in)}."
+        return f"Yes, the {spec.name} is available on {say_date(d.check_in)}, {_rate_phrase(free.nightly_rates)}."
+
+    def _quote_asked_for(self) -> list[str] | None:
+        """ "What would 3 nights in the deluxe cost?": the total from the tools, before any name is asked."""
+        d = self.state.draft
+        if Intent.PRICE not in self.state.asked or not (d.check_in and d.check_out):
+            return None
+        codes = [d.room_type] if d.room_type else [r.code for r in self.state.hotel.room_types]
+        totals = []
+        for code in codes:
+            try:
+                quote = self.state.run_tool("quote", code, d.check_in, d.check_out)
+            except ToolError as err:
+                return [str(err)]
+            totals.append(f"the {self.state.hotel.room(code).name} comes to {say_money(quote.total)}")
+        listing = totals[0] if len(totals) == 1 else ", ".join(totals[:-1]) + f", and {totals[-1]}"
+        return [f"For {self._stay_phrase()}, {listing}, including tax."]
 
     def _reset_dates(self, reason: str) -> ReplyPlan:
         self.state.draft.check_in = self.state.draft.check_out = None
@@ -151,6 +190,7 @@ class NewBookingFlow:
         if not rooms:
             return self._no_rooms()
         self.state.pending = "room_type"
+        self.state.offered = tuple(r.room_type for r in rooms)
         options = [f"the {r.name} {_rate_phrase(r.nightly_rates)}" for r in rooms]
         listing = options[0] if len(options) == 1 else ", ".join(options[:-1]) + f", or {options[-1]}"
         guests = plural(self.state.draft.guests or 1, "guest")

@@ -39,7 +39,9 @@ _INTENT_PATTERNS: dict[Intent, re.Pattern[str]] = {
         r"|make a booking)\b",
         re.I,
     ),
-    Intent.AVAILABILITY: re.compile(r"\b(availab\w*|vacanc\w*|any rooms|rooms? (?:free|open|left))\b", re.I),
+    Intent.AVAILABILITY: re.compile(
+        r"\b(availab\w*|vacanc\w*|any rooms|rooms? (?:free|open|left)|(?:do|would) you have (?:a |any )?rooms?)\b", re.I
+    ),
     Intent.PRICE: re.compile(r"\b(how much|price|rates?|cost|costs|expensive|cheap\w*)\b", re.I),
     Intent.GREETING: re.compile(r"^\s*(hi|hello|hey|good (?:morning|afternoon|evening))\b", re.I),
     Intent.GOODBYE: re.compile(r"\b(bye|goodbye|that'?s all|that is all|that'?s it|nothing else|have a good)\b", re.I),
@@ -65,6 +67,10 @@ TOPIC_WORDS: dict[str, tuple[str, ...]] = {
     "gym": ("gym", "fitness", "workout"),
     "shuttle": ("shuttle",),
     "restaurant": ("restaurant", "dinner", "eat", "food"),
+    # what a room has ("what beds are in the suite?"): answered from the room types' descriptions
+    "room_details": ("bed", "beds", "king bed", "queen bed", "sofa bed", "balcony", "bathtub", "sleeps", "sleep"),
+    # around the hotel: the profile's "nearby" fact when it has one, else no information (never the restaurant)
+    "nearby": ("near", "nearby", "close to", "around the hotel", "walking distance", "neighborhood", "things to do"),
     "cancellation": (
         "cancellation policy",
         "cancel policy",
