@@ -76,6 +76,8 @@ CASES = [
     # The field named next to its value wins over "to" as a range word.
     (THU_NOV_26, "please change the check-in date to the 2nd", d(12, 2), None, None),
     (THU_NOV_26, "change that to the 3rd for check in and make it four nights", d(12, 3), d(12, 7), 4),
+    # "next Thursday" counts from today, also as the departure after an arrival named first
+    (THU_NOV_26, "check in on the 1st and check out next Thursday", d(12, 1), d(12, 3), 2),
     # Nothing said, or nothing certain: stays None rather than a guess.
     (THU_NOV_26, "thanks, that's all I needed today", None, None, None),
     (THU_NOV_26, "I'd like to book a room", None, None, None),

@@ -105,6 +105,16 @@ def test_the_rules_track_the_stay_across_turns_with_the_agents_question_in_mind(
     tracker.hear(None, "I'll stay until the 9th.")
     state = tracker.hear("When will you arrive?", "Actually I arrive on the 4th.")
     assert (state["check_in_date"], state["check_out_date"], state["number_of_days"]) == ("2019-03-04", "2019-03-09", 5)
+    # both ends named as dates, then the arrival moves: the departure date stays, not the length
+    tracker = StayTracker(load_hotel(Settings().hotel_file), date(2019, 3, 1))
+    tracker.hear(None, "From the 4th to the 9th, please.")
+    state = tracker.hear("Shall I book it?", "No, check in on the 6th.")
+    assert (state["check_in_date"], state["check_out_date"]) == ("2019-03-06", "2019-03-09")
+    # the length named in nights, then the arrival moves: the length stays
+    tracker = StayTracker(load_hotel(Settings().hotel_file), date(2019, 3, 1))
+    tracker.hear(None, "From the 4th for 5 nights.")
+    state = tracker.hear("Shall I book it?", "No, check in on the 6th.")
+    assert (state["check_in_date"], state["number_of_days"]) == ("2019-03-06", 5)
 
 
 def test_cli_writes_a_line_per_caller_turn_and_scores_each_slot(tmp_path):

@@ -57,7 +57,7 @@ class NewBookingFlow:
         if stay.nights is None and self.state.pending == "nights" and (n := _bare_count(text)) and 0 < n <= 60:
             stay = StayDates(nights=n)
         if stay.check_in and not stay.check_out and not stay.nights and self.state.pending == "check_out":
-            stay = StayDates(check_out=stay.check_in)
+            stay = StayDates(check_out=stay.check_in, said_check_out=True)
         if not (stay.check_in or stay.check_out or stay.nights):
             return
         d = self.state.draft
@@ -80,7 +80,7 @@ class NewBookingFlow:
         d.check_in, d.check_out = check_in, check_out
         self.state.nights_wanted = nights if not check_in else None
         if stay.check_out or stay.nights:
-            self.state.end_said = "check_out" if stay.check_out and not stay.nights else "nights"
+            self.state.end_said = "check_out" if stay.said_check_out else "nights"
 
     def _apply_guests(self, text: str) -> None:
         guests = parse_guest_count(text)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from itertools import pairwise
 
@@ -23,6 +23,7 @@ class StayDates:
     check_in: date | None = None
     check_out: date | None = None
     nights: int | None = None
+    said_check_out: bool = field(default=False, compare=False)  # the departure named as a date, not from nights
 
     def resolved(self) -> StayDates:
         """The same stay with the third field filled in whenever two are known."""
@@ -33,7 +34,7 @@ class StayDates:
             check_out = check_in + timedelta(days=nights)
         elif check_out and nights and check_in is None:
             check_in = check_out - timedelta(days=nights)
-        return StayDates(check_in, check_out, nights)
+        return StayDates(check_in, check_out, nights, self.said_check_out)
 
 
 _MONTHS = {
@@ -103,7 +104,7 @@ def parse_stay(text: str, today: date) -> StayDates:
             check_out = weekend[1]
     if check_in and check_out and check_out <= check_in:
         check_out = None  # contradictory; better to ask again than to guess which half was meant
-    return StayDates(check_in, check_out, nights).resolved()
+    return StayDates(check_in, check_out, nights, said_check_out=check_out is not None).resolved()
 
 
 def _normalize(text: str) -> str:
@@ -367,6 +368,8 @@ def _relative(m: re.Match[str], today: date) -> _Mention:
 
 def _weekday(m: re.Match[str], today: date) -> _Mention:
     weekday, next_week = _WEEKDAYS.index(m["weekday"]), m["which"] == "next"
+    if m["which"]:  # "next Thursday", "Friday this week" count from today, even as the departure
+        return _Mention(m.start(), m.end(), lambda after: _on_weekday(weekday, today, next_week), weekday=True)
     return _Mention(m.start(), m.end(), lambda after: _on_weekday(weekday, after, next_week), weekday=True)
 
 
