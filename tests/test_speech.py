@@ -177,3 +177,11 @@ def test_silence_and_low_noise_yield_no_text(asr: Recognizer, rms: float) -> Non
     # Unfiltered, Whisper says "The", "The Harbor View Inn" (echoing the prompt) or "A phone call." here.
     transcript = asr.transcribe(phone_channel(line_noise(rms), PHONE_RATE))
     assert transcript.text == "", transcript
+
+
+def test_number_homophones_before_a_counted_noun_are_the_number():
+    from agent.speech.asr import fix_homophones
+
+    assert fix_homophones("To adult") == "Two adult"  # what Whisper base heard for "Two adults." in the demo
+    assert fix_homophones("for too nights, to adults") == "for two nights, two adults"
+    assert fix_homophones("I want to book, then go to bed") == "I want to book, then go to bed"

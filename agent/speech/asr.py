@@ -128,9 +128,9 @@ def is_hallucination(stats: SegmentStats, audio: npt.NDArray[np.float32]) -> boo
     return level < WEAK_DBFS or stats.no_speech_prob > DOUBTFUL_NO_SPEECH
 
 
-# Whisper hears "two adults" as "to adults" on a phone line (measured in the voice demo); before a counted
-# noun "to"/"too" can only be the number.
-_COUNTED = r"adults|guests|people|persons|nights|kids|children|rooms|beds|queens|kings|suites"  # plurals: "to bed"
+# Whisper hears "two adults" as "to adults", and on some builds "To adult" (the voice demo, 2026-12-07); before
+# a counted noun "to"/"too" can only be the number. Singular "adult" too: nobody says "to adult".
+_COUNTED = r"adults?|guests|people|persons|nights|kids|children|rooms|beds|queens|kings|suites"  # "to bed"
 _TWO_HOMOPHONE = re.compile(rf"\b(?:to|too)\b(?=\s+(?:{_COUNTED})\b)", re.IGNORECASE)
 
 
