@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 import json
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +117,19 @@ class ChatModel:
             # Joined off the loop: at most one decoding step, and no worker is left inside torch when the
             # process exits (a daemon thread killed mid-kernel aborts the interpreter).
             await asyncio.to_thread(run.thread.join)
+
+    def complete(
+        self, messages: Messages, *, max_new_tokens: int, allowed_tokens: Callable[[int, Any], list[int]] | None = None
+    ) -> str:
+        """The whole greedy reply at once (blocking: run it off the event loop); `allowed_tokens` constrains
+        each step to the tokens it returns (transformers' `prefix_allowed_tokens_fn`, e.g. a JSON schema's)."""
+        config = self.generation_config(max_new_tokens, 0.0)
+        inputs = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        with self._lock, torch.inference_mode():
+            output = self.model.generate(**inputs, generation_config=config, prefix_allowed_tokens_fn=allowed_tokens)
+        return self.tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
     def _start(self, messages: Messages, streamer: TextStreamer, max_new_tokens: int, temperature: float) -> _Run:
         run = _Run()
