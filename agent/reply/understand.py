@@ -30,6 +30,19 @@ INSTRUCTIONS = (
 )
 
 
+def reading_messages(agent_text: str | None, caller_text: str) -> list[dict[str, str]]:
+    """The chat the model reads a turn from: the same at serving time and in its training examples."""
+    return [
+        {"role": "system", "content": INSTRUCTIONS},
+        {"role": "user", "content": f"Agent: {agent_text or '(call starts)'}\nCaller: {caller_text}"},
+    ]
+
+
+def action_text(action: TurnAction) -> str:
+    """An action as the model writes it: compact JSON, the slots not said left out."""
+    return action.model_dump_json(exclude_defaults=True)
+
+
 class ModelReader:
     """Reads turns with one chat model; the schema's token filter is built once per model."""
 
@@ -44,10 +57,7 @@ class ModelReader:
 
     def read(self, agent_text: str | None, caller_text: str) -> TurnAction | None:
         """The model's reading of `caller_text` (after the agent said `agent_text`); None if it failed."""
-        messages = [
-            {"role": "system", "content": INSTRUCTIONS},
-            {"role": "user", "content": f"Agent: {agent_text or '(call starts)'}\nCaller: {caller_text}"},
-        ]
+        messages = reading_messages(agent_text, caller_text)
         try:
             raw = self.chat.complete(messages, max_new_tokens=self.max_new_tokens, allowed_tokens=self._filter())
             return TurnAction.model_validate(json.loads(raw))

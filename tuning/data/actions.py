@@ -1,0 +1,110 @@
+"""Training examples for the model's reading of a turn, from the dialogue sets' annotations.
+
+Each SGD caller turn becomes (the agent's words before it, the caller's words, the `TurnAction` its frames
+annotate): INFORM_INTENT → book, AFFIRM / SELECT → confirm, NEGATE → deny, THANK_YOU / GOODBYE → close,
+REQUEST of a price → quote, of anything else → ask (the slot named as the question), and INFORM values as
+slots — dates in the caller's own words (the annotated span), counts as numbers (the canonical value). The
+example is the chat the serving reader sends (`agent.reply.understand.reading_messages`) with the action's
+compact JSON as the reply, the only tokens that carry loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from agent.reply.understand import action_text, reading_messages
+from agent.understanding.action import ActionIntent, ActionSlots, TurnAction
+from agent.understanding.numbers import parse_number
+from tuning.data.dialogues import TrainingExample, encode_chat
+
+_INTENT_OF_ACT = {
+    "INFORM_INTENT": ActionIntent.BOOK,
+    "AFFIRM": ActionIntent.CONFIRM,
+    "AFFIRM_INTENT": ActionIntent.CONFIRM,
+    "SELECT": ActionIntent.CONFIRM,
+    "NEGATE": ActionIntent.DENY,
+    "NEGATE_INTENT": ActionIntent.DENY,
+    "THANK_YOU": ActionIntent.CLOSE,
+    "GOODBYE": ActionIntent.CLOSE,
+    "REQUEST_ALTS": ActionIntent.OTHER,
+}
+_PRICE_SLOTS = {"total_price", "price", "price_per_night"}
+_QUESTION_OF_SLOT = {
+    "phone_number": "phone number",
+    "street_address": "address",
+    "address": "address",
+    "has_wifi": "wifi",
+    "pets_welcome": "pets",
+    "smoking_allowed": "smoking",
+    "has_laundry_service": "laundry",
+}
+_DATE_SLOTS = {"check_in_date": "check_in", "check_out_date": "check_out"}
+_COUNT_SLOTS = {"number_of_days": "nights", "stay_length": "nights", "number_of_adults": "adults"}
+
+
+@dataclass(frozen=True)
+class ActionExample:
+    example_id: str  # dialogue id and turn index
+    agent_text: str | None
+    caller_text: str
+    action: TurnAction
+
+
+def sgd_action_examples(dialogue: dict[str, Any]) -> Iterator[ActionExample]:
+    """One example per caller turn of an SGD dialogue (hotel frames only)."""
+    agent_text = None
+    for index, turn in enumerate(dialogue.get("turns", [])):
+        if turn.get("speaker") != "USER":
+            agent_text = turn.get("utterance")
+            continue
+        frames = [f for f in turn.get("frames", []) if str(f.get("service", "Hotels")).startswith("Hotels")]
+        actions = [a for frame in frames for a in frame.get("actions", [])]
+        yield ActionExample(f"{dialogue['dialogue_id']}#{index}", agent_text, turn["utterance"], _action(actions))
+
+
+def _action(acts: list[dict[str, Any]]) -> TurnAction:
+    intents: list[ActionIntent] = []
+    questions: list[str] = []
+    slots: dict[str, Any] = {}
+    for act in acts:
+        kind, slot = act.get("act"), act.get("slot", "")
+        if kind == "REQUEST":
+            intent = ActionIntent.QUOTE if slot in _PRICE_SLOTS else ActionIntent.ASK
+            if slot in _QUESTION_OF_SLOT:
+                questions.append(_QUESTION_OF_SLOT[slot])
+        elif kind == "INFORM" and act.get("values"):
+            intent = None
+            if slot in _DATE_SLOTS:
+                slots[_DATE_SLOTS[slot]] = act["values"][0]
+            elif slot in _COUNT_SLOTS and (count := _count(act)):
+                slots[_COUNT_SLOTS[slot]] = count
+        else:
+            intent = _INTENT_OF_ACT.get(kind)
+        if intent is not None and intent not in intents:
+            intents.append(intent)
+    return TurnAction(intents=intents[:4], slots=ActionSlots(**slots), questions=list(dict.fromkeys(questions))[:3])
+
+
+def _count(act: dict[str, Any]) -> int | None:
+    for value in (*act.get("canonical_values", []), *act.get("values", [])):
+        number = int(value) if str(value).isdigit() else parse_number(str(value))
+        if number and 0 < number <= 20:
+            return number
+    return None
+
+
+def encode_action_examples(
+    examples: Iterable[ActionExample], tokenizer: Any, *, max_tokens: int = 384
+) -> list[TrainingExample]:
+    """Chat-formatted examples that teach the reading: loss only on the action's JSON."""
+    encoded = []
+    for example in examples:
+        messages = [
+            *reading_messages(example.agent_text, example.caller_text),
+            {"role": "assistant", "content": action_text(example.action)},
+        ]
+        if item := encode_chat(messages, tokenizer, max_tokens=max_tokens, example_id=example.example_id):
+            encoded.append(item)
+    return encoded
