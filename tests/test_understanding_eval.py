@@ -163,3 +163,33 @@ def test_bad_input_is_a_clear_error_not_a_traceback(tmp_path):
     assert result.exit_code == 2
     result = CliRunner().invoke(app, ["eval", "understanding", str(bad), "--today", FRIDAY, "--model", "magic"])
     assert result.exit_code == 2 and "unknown understanding" in " ".join(result.output.split())
+
+
+def test_a_model_directory_reads_each_turn_with_the_rules_second(tmp_path, tiny_model_dir, one_torch_thread):
+    # a random model proposes anything; what validates is used, the rest falls back to the rules, and the
+    # output keeps its shape
+    files = [_write(tmp_path / "sgd.jsonl", SGD_DIALOGUE)]
+    out = tmp_path / "pred.jsonl"
+    args = ["eval", "understanding", *map(str, files), "--today", FRIDAY, "--json", str(out)]
+    result = CliRunner().invoke(app, [*args, "--model", str(tiny_model_dir)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 3 and set(lines[-1]["state"]) == set(und.TRACKED)
+
+
+def test_the_models_reading_comes_first_where_it_validates_and_disagreements_are_noted():
+    from agent.understanding.action import ActionSlots, TurnAction
+
+    readings = {
+        "We are three, from next Tuesday.": TurnAction(slots=ActionSlots(check_in="next Tuesday", adults=4)),
+        "Until the 9th.": TurnAction(slots=ActionSlots(check_out="banana")),  # does not name a date
+        "For two nights.": None,  # the model failed: the rules read the turn
+    }
+    tracker = StayTracker(load_hotel(Settings().hotel_file), date(2019, 3, 1), lambda agent, caller: readings[caller])
+    state = tracker.hear(None, "We are three, from next Tuesday.")
+    assert state["check_in_date"] == "2019-03-05" and state["number_of_adults"] == 4  # the model's 4 over the rules' 3
+    assert tracker.state.disagreements == ["guests"]
+    state = tracker.hear("When will you leave?", "Until the 9th.")
+    assert state["check_out_date"] == "2019-03-09"  # "banana" fell back to the rules
+    state = tracker.hear("Anything else?", "For two nights.")
+    assert state["number_of_days"] == 2 and tracker.disagreements == 1

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
-from datetime import timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 
 from agent.dialogue.spoken import plural, say_date, say_money, say_phone, spell
 from agent.dialogue.state import BookingDraft, DialogueState, ReplyPlan, Stage
 from agent.dialogue.tools import NoAvailability, RoomAvailability, ToolError
+from agent.understanding.action import TurnAction
 from agent.understanding.contacts import find_email, find_phone
 from agent.understanding.dates import StayDates, parse_guest_count, parse_stay
 from agent.understanding.intents import Intent, TurnMeaning, find_name
 from agent.understanding.numbers import parse_number, words_to_numbers
+
+HORIZON_DAYS = 731  # a date the model names further out than two years is not a booking date
 
 
 class NewBookingFlow:
@@ -27,14 +30,24 @@ class NewBookingFlow:
     def __init__(self, state: DialogueState) -> None:
         self.state = state
 
-    def fill_draft(self, text: str, meaning: TurnMeaning) -> bool:
-        """Apply every detail found in the turn to the draft; True if anything changed."""
+    def fill_draft(self, text: str, meaning: TurnMeaning, action: TurnAction | None = None) -> bool:
+        """Apply every detail found in the turn to the draft; True if anything changed.
+
+        With the model's `action`, its stay and party size come first wherever they validate, and the rules'
+        reading of the text is the second opinion; the slots where the two disagree are kept in
+        `state.disagreements` (for the call log, review and training).
+        """
         before = replace(self.state.draft)
         self.state.asked = meaning.intents
+        self.state.disagreements = []
         if self.state.pending == "room_type" and meaning.affirm and len(self.state.offered) == 1:
             self.state.draft.room_type = self.state.offered[0]  # "yes" to "we have the Harbor Suite"
-        self._apply_dates(text)
-        self._apply_guests(text)
+        stay, guests = self._stay_in(text), self._guests_in(text)
+        if action is not None:
+            stay, guests = self._with_model_reading(action, stay, guests)
+        self._apply_stay(stay)
+        if guests:
+            self.state.draft.guests = guests
         if meaning.room_type:
             self.state.draft.room_type = meaning.room_type
         first, last = find_name(text, expecting=self.state.pending == "name")
@@ -52,12 +65,45 @@ class NewBookingFlow:
             self.state.draft_changed = True
         return self.state.draft != before
 
-    def _apply_dates(self, text: str) -> None:
+    def _stay_in(self, text: str) -> StayDates:
+        """The rules' reading of the stay in the caller's words, with the agent's pending question in mind."""
         stay = parse_stay(text, self.state.today())
         if stay.nights is None and self.state.pending == "nights" and (n := _bare_count(text)) and 0 < n <= 60:
             stay = StayDates(nights=n)
         if stay.check_in and not stay.check_out and not stay.nights and self.state.pending == "check_out":
             stay = StayDates(check_out=stay.check_in, said_check_out=True)
+        return stay
+
+    def _guests_in(self, text: str) -> int | None:
+        guests = parse_guest_count(text)
+        if guests is None and self.state.pending == "guests" and (n := _bare_count(text)) and 0 < n < 50:
+            guests = n
+        return guests
+
+    def _with_model_reading(
+        self, action: TurnAction, rules: StayDates, rules_guests: int | None
+    ) -> tuple[StayDates, int | None]:
+        """The model's stay and party size where they validate, the rules' elsewhere; disagreements noted."""
+        today = self.state.today()
+        slots = action.slots
+        model = {
+            "check_in": _valid_date(slots.check_in, today),
+            "check_out": _valid_date(slots.check_out, today),
+            "nights": slots.nights,
+        }
+        ruled = {"check_in": rules.check_in, "check_out": rules.check_out, "nights": rules.nights}
+        chosen = {k: model[k] if model[k] is not None else ruled[k] for k in ruled}
+        self.state.disagreements = [k for k in ruled if None not in (model[k], ruled[k]) and model[k] != ruled[k]]
+        guests = (slots.adults + (slots.children or 0)) if slots.adults else rules_guests
+        if slots.adults and rules_guests and guests != rules_guests:
+            self.state.disagreements.append("guests")
+        said_out = rules.said_check_out if model["check_out"] is None else True
+        if chosen["check_in"] and chosen["check_out"] and chosen["check_out"] <= chosen["check_in"]:
+            chosen["check_out"] = None  # contradictory: ask rather than guess
+        stay = StayDates(chosen["check_in"], chosen["check_out"], chosen["nights"], said_check_out=said_out)
+        return stay.resolved(), guests
+
+    def _apply_stay(self, stay: StayDates) -> None:
         if not (stay.check_in or stay.check_out or stay.nights):
             return
         d = self.state.draft
@@ -81,13 +127,6 @@ class NewBookingFlow:
         self.state.nights_wanted = nights if not check_in else None
         if stay.check_out or stay.nights:
             self.state.end_said = "check_out" if stay.said_check_out else "nights"
-
-    def _apply_guests(self, text: str) -> None:
-        guests = parse_guest_count(text)
-        if guests is None and self.state.pending == "guests" and (n := _bare_count(text)) and 0 < n < 50:
-            guests = n
-        if guests:
-            self.state.draft.guests = guests
 
     def next_step(self) -> ReplyPlan:
         """The first missing detail asked for, the room checked, or (all there) the read-back."""
@@ -310,3 +349,13 @@ def _bare_count(text: str) -> int | None:
     if len(text.split()) > 5 or re.search(r"\d(?:st|nd|rd|th)\b|\brooms?\b", words_to_numbers(text.lower())):
         return None
     return parse_number(text)
+
+
+def _valid_date(said: str | None, today: date) -> date | None:
+    """A date the model quoted from the caller, resolved by the code against today; None unless it is a real
+    date from today on (the model proposes the words, the code decides what day they name)."""
+    if not said:
+        return None
+    stay = parse_stay(said, today)
+    day = stay.check_in or stay.check_out
+    return day if day and today <= day <= today + timedelta(days=HORIZON_DAYS) else None

@@ -97,6 +97,7 @@ class DialogueState:
     end_said: str | None = None  # how the caller last named the stay's end: "check_out" (a date) or "nights"
     asked: frozenset[Intent] = frozenset()  # this turn's intents: an availability question, a price question
     offered: tuple[str, ...] = ()  # room types in the last offer (a "yes" to a single offer takes it)
+    disagreements: list[str] = field(default_factory=list)  # this turn's slots where the model and rules differ
     booked: BookingView | None = None
     tool_calls: list[dict[str, Any]] = field(default_factory=list)  # this turn's, for the turn log
     draft_changed: bool = False  # this turn added or changed a booking detail

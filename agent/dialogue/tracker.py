@@ -8,27 +8,39 @@ nights?" is three nights here as it is on a call.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 from typing import Any
 
 from agent.dialogue.new_booking import NewBookingFlow
 from agent.dialogue.state import DialogueState
+from agent.understanding.action import TurnAction
 from agent.understanding.intents import asked_slot, read_turn
 from innkeeper.core.hotel import HotelProfile
 
+Reader = Callable[[str | None, str], TurnAction | None]
+
 
 class StayTracker:
-    """One dialogue's stay: check-in, check-out, nights and party size after every caller turn."""
+    """One dialogue's stay: check-in, check-out, nights and party size after every caller turn.
 
-    def __init__(self, hotel: HotelProfile, today: date) -> None:
+    With a `reader` (the model's reading of a turn, `agent.reply.understand.ModelReader.read`) its action
+    comes first and the rules are the second opinion, as on a call; `disagreements` counts where they differ.
+    """
+
+    def __init__(self, hotel: HotelProfile, today: date, reader: Reader | None = None) -> None:
         # No tools: filling the draft never calls one (availability and quotes come later in the flow).
         self.state = DialogueState(tools=None, hotel=hotel, today=lambda: today, call_id=None)  # type: ignore[arg-type]
         self.flow = NewBookingFlow(self.state)
+        self.reader = reader
+        self.disagreements = 0
 
     def hear(self, agent_text: str | None, caller_text: str) -> dict[str, Any]:
         self.state.begin_turn()
         self.state.pending = asked_slot(agent_text)
-        self.flow.fill_draft(caller_text, read_turn(caller_text))
+        action = self.reader(agent_text, caller_text) if self.reader else None
+        self.flow.fill_draft(caller_text, read_turn(caller_text), action)
+        self.disagreements += bool(self.state.disagreements)
         return self.stay()
 
     def stay(self) -> dict[str, Any]:

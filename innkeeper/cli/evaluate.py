@@ -13,31 +13,35 @@ from rich.table import Table
 from innkeeper.cli.common import cli_settings, console, err_console
 
 eval_app = typer.Typer(help="Measure the agent: understanding on annotated dialogues.", no_args_is_help=True)
-UNDERSTANDERS = ("rules",)
 
 
 @eval_app.command("understanding")
 def eval_understanding(
     files: Annotated[list[Path], typer.Argument(help="Dialogues, one JSON per line (SGD or MultiWOZ format).")],
     today: Annotated[str, typer.Option(help="'Today' for relative dates, YYYY-MM-DD (SGD: 2019-03-01).")],
-    model: Annotated[str, typer.Option(help="Which understanding: rules.")] = "rules",
+    model: Annotated[
+        str,
+        typer.Option(help="rules; base (the configured model reads each turn, the rules second); or a model directory"),
+    ] = "rules",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write one JSON line per caller turn here.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N dialogues (a model reads slowly).")] = None,
 ) -> None:
     """Run the understanding turn by turn (state carried across turns) and print per-slot accuracy."""
     from innkeeper.core.hotel import load_hotel
     from tuning.evaluate import understanding as und
 
-    if model not in UNDERSTANDERS:
-        err_console.print(f"[red]unknown understanding {model!r}; choose one of {', '.join(UNDERSTANDERS)}")
+    if model not in ("rules", "base") and not Path(model).is_dir():
+        err_console.print(f"[red]unknown understanding {model!r}: rules, base, or a model directory")
         raise typer.Exit(2)
     try:
         pinned = date.fromisoformat(today)
-        dialogues = und.read_dialogues(files)
+        dialogues = und.read_dialogues(files)[:limit]
     except (ValueError, OSError) as exc:
         err_console.print(f"[red]{exc}")
         raise typer.Exit(2) from None
-    hotel = load_hotel(cli_settings().hotel_file)
-    tracker_for = _rules_tracker(hotel)
+    settings = cli_settings()
+    hotel = load_hotel(settings.hotel_file)
+    tracker_for = _tracker_factory(hotel, None if model == "rules" else _model_reader(settings, model))
     scores = und.Scores()
     out = json_out.open("w", encoding="utf-8") if json_out else None
     try:
@@ -55,10 +59,20 @@ def eval_understanding(
     console.print(_table(model, scores, len(dialogues)))
 
 
-def _rules_tracker(hotel):
+def _tracker_factory(hotel, reader):
     from agent.dialogue.tracker import StayTracker
 
-    return lambda today: StayTracker(hotel, today)
+    return lambda today: StayTracker(hotel, today, reader)
+
+
+def _model_reader(settings, model: str):
+    """The reader of the configured model ('base') or of a model directory; its `read` for the tracker."""
+    from agent.reply.llm import ChatModel
+    from agent.reply.understand import ModelReader
+    from innkeeper.models.resolve import load_chat_model
+
+    chat = load_chat_model(settings) if model == "base" else ChatModel(model, threads=settings.llm_threads)
+    return ModelReader(chat).read
 
 
 def _table(model: str, scores, dialogues: int) -> Table:
