@@ -400,3 +400,25 @@ def test_two_listed_dates_are_the_nights_and_respectively_names_in_and_out(runti
     assert "from Monday, December 14 to Wednesday, December 16" in replies[-1]
     replies, _ = talk(runtime, ("Book a room; check-in and check-out are the 10th and the 12th respectively, for one",))
     assert "from Thursday, December 10 to Saturday, December 12" in replies[-1] and "1 guest" in replies[-1]
+
+
+# ---------------------------------------------------------------- the model's reading on the call path
+
+
+def test_the_models_reading_is_used_where_it_validates_and_disagreements_are_logged(runtime, db):
+    from agent.understanding.action import ActionSlots, TurnAction
+
+    def reader(agent_text, caller_text):
+        if "adults" in caller_text:
+            return TurnAction(slots=ActionSlots(adults=3))  # the rules read two
+        raise RuntimeError("model failed")  # the rules read this turn; the call goes on
+
+    convo = runtime.new_conversation()
+    convo.dialogue.reader = reader
+    replies, convo = talk(runtime, ("I need a room December 7 for 2 nights", "Two adults."), convo)
+    assert "For 3 guests" in replies[-1]
+    asyncio.run(convo.close())
+    with db.session() as s:
+        turns = s.scalars(select(Turn).where(Turn.call_id == convo.call_id, Turn.role == "agent")).all()
+        metas = [next(c["meta"] for c in t.tool_calls if "meta" in c) for t in turns]
+    assert [m.get("disagreements") for m in metas] == [None, ["guests"]]

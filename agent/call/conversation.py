@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from agent.call.calllog import CallLog
 from agent.call.turns import TurnsInProgress
-from agent.dialogue.manager import DialogueManager
+from agent.dialogue.manager import DialogueManager, Reader
 from agent.dialogue.policy import InputProblem, clean_utterance
 from agent.dialogue.state import ReplyPlan, Stage, mask_turn
 from agent.dialogue.tools import HotelTools
@@ -96,6 +96,7 @@ class Conversation:
         temperature: float = 0.0,
         first_sentence_budget_s: float | None = None,
         turns: TurnsInProgress | None = None,
+        reader: Reader | None = None,
     ):
         self.hotel = hotel
         # Where this call's turns are marked in progress (a model loader waits for the gaps); its own if none given.
@@ -111,7 +112,7 @@ class Conversation:
         # Chosen up front so that audio files and transport ids can name the call even while the
         # database is unreachable; the record is written under this id when it comes back.
         self.planned_call_id = str(uuid.uuid4())
-        self.dialogue = DialogueManager(tools=tools, hotel=hotel, today=today, call_id=None)
+        self.dialogue = DialogueManager(tools=tools, hotel=hotel, today=today, call_id=None, reader=reader)
         self.writer = ReplyWriter(
             hotel,
             llm,
@@ -292,6 +293,8 @@ class Conversation:
     async def _log_reply(self, record: TurnOutcome, started: datetime, caller_text: str) -> None:
         plan = record.plan
         meta = {"act": plan.act, "wording": sorted(set(record.sources)), "masked_cards": plan.masked_cards}
+        if plan.disagreements:  # the model's reading and the rules differ: a turn to review and learn from
+            meta["disagreements"] = plan.disagreements
         self.history += [
             {"role": "user", "content": caller_text},
             {"role": "assistant", "content": record.reply_text},

@@ -13,6 +13,7 @@ they share in `agent.dialogue.state`.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import replace
@@ -24,9 +25,13 @@ from agent.dialogue.new_booking import NewBookingFlow
 from agent.dialogue.spoken import say_money, spell
 from agent.dialogue.state import DialogueState, ReplyPlan, Stage
 from agent.dialogue.tools import HotelTools
+from agent.understanding.action import TurnAction
 from agent.understanding.dates import StayDates, parse_guest_count, parse_stay
 from agent.understanding.intents import Intent, TurnMeaning, read_turn
 from innkeeper.core.hotel import HotelProfile
+
+log = logging.getLogger(__name__)
+Reader = Callable[[str | None, str], TurnAction | None]
 
 # What the agent says when the hotel's facts do not answer a question: never an invented fact.
 NO_INFORMATION = "I'm sorry, I don't have that information; the front desk can help with that."
@@ -40,8 +45,18 @@ _ANOTHER_BOOKING = re.compile(r"\b(another|second|one more|new|also|as well|too)
 class DialogueManager:
     """One conversation's state machine. Synchronous: the brain runs it off the event loop."""
 
-    def __init__(self, *, tools: HotelTools, hotel: HotelProfile, today: Callable[[], date], call_id: str | None):
+    def __init__(
+        self,
+        *,
+        tools: HotelTools,
+        hotel: HotelProfile,
+        today: Callable[[], date],
+        call_id: str | None,
+        reader: Reader | None = None,
+    ):
         self.state = DialogueState(tools=tools, hotel=hotel, today=today, call_id=call_id)
+        # The model's reading of a turn (agent.reply.understand), first where it validates; None: rules only.
+        self.reader = reader
         self.new_booking = NewBookingFlow(self.state)
         self.existing_booking = ExistingBookingFlow(self.state)
         self._last_reply = ""
@@ -72,8 +87,10 @@ class DialogueManager:
     def handle(self, text: str) -> ReplyPlan:
         """Decide the reply to one caller turn (already cleaned and card-masked by the caller)."""
         self.state.begin_turn()
+        self.state.disagreements = []
         plan = self._vary_repeat(self._route(text))
         plan.tool_calls = self.state.tool_calls
+        plan.disagreements = list(self.state.disagreements)
         return plan
 
     def _vary_repeat(self, plan: ReplyPlan) -> ReplyPlan:
@@ -138,7 +155,7 @@ class DialogueManager:
         existing = meaning.intents & {Intent.CANCEL, Intent.MODIFY, Intent.LOOKUP}
         if existing and state.stage is Stage.OPEN:
             return self.existing_booking.start(text, meaning)
-        changed = self.new_booking.fill_draft(text, meaning)
+        changed = self.new_booking.fill_draft(text, meaning, self._read(text))
         if self._echoes_the_booking(text, meaning, changed):
             code = state.booked.code  # type: ignore[union-attr]
             return ReplyPlan(
@@ -163,6 +180,16 @@ class DialogueManager:
                 "What would you like to do?"
             ],
         )
+
+    def _read(self, text: str) -> TurnAction | None:
+        """The model's reading of the turn after the agent's last words; None (the rules read it) if it fails."""
+        if self.reader is None:
+            return None
+        try:
+            return self.reader(self._last_reply or None, text)
+        except Exception as exc:  # a model that fails must not break the call: this turn, the rules read it
+            log.warning("the model could not read the turn, the rules did: %s", exc)
+            return None
 
     def _echoes_the_booking(self, text: str, meaning: TurnMeaning, changed: bool) -> bool:
         """ "Please book it" just after the booking was made: the tail of the caller's "yes", not a new stay."""

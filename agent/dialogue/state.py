@@ -74,6 +74,7 @@ class ReplyPlan:
     transfer: bool = False
     end_call: bool = False
     masked_cards: int = 0
+    disagreements: list[str] = field(default_factory=list)  # slots where the model's reading and the rules differ
 
     @property
     def text(self) -> str:

@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     partial_transcripts_ms: int | None = Field(
         default=1200, description="Partial transcript every N ms of caller speech (None = off)."
     )
+    model_understanding: bool = Field(
+        default=False,
+        description="Let the serving model read each caller turn (a typed action under a JSON schema), the rules "
+        "second. Off by default: the bundled model has not been taught the reading yet "
+        "(benchmarks/understanding_model.py) and reads slowly on 2 CPU cores.",
+    )
     voice_llm: bool = Field(
         default=False,
         description="Let the LLM word replies on voice calls. Off by default: on 2 CPU cores the bundled model's "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import date, datetime
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from agent.call.calllog import CallLog
@@ -19,6 +20,10 @@ from innkeeper.core.db.database import Database
 from innkeeper.core.hotel import HotelProfile, load_hotel
 from innkeeper.core.settings import Settings
 from innkeeper.models.slot import ModelSlot
+
+if TYPE_CHECKING:  # torch and the decoding constraint load only where a model reads turns
+    from agent.reply.understand import ModelReader
+    from agent.understanding.action import TurnAction
 
 
 def hotel_today(settings: Settings, hotel: HotelProfile) -> Callable[[], date]:
@@ -42,6 +47,7 @@ class AgentRuntime:
         self.tools = HotelTools(self.db, self.hotel, today=self.today)
         self.call_log = CallLog(self.db)
         self.slot = ModelSlot(llm)
+        self._reader: ModelReader | None = None
 
     @property
     def llm(self) -> TextStreamer | None:
@@ -76,7 +82,20 @@ class AgentRuntime:
             temperature=self.settings.llm_temperature,
             first_sentence_budget_s=self._first_sentence_budget_s(voice=channel in VOICE_CHANNELS),
             turns=self.slot.turns,
+            reader=self._read_with_serving_model if self.settings.model_understanding else None,
         )
+
+    def _read_with_serving_model(self, agent_text: str | None, caller_text: str) -> TurnAction | None:
+        """The turn read by the model serving now (a hot swap changes the reader at the next turn)."""
+        from agent.reply.llm import ChatModel
+        from agent.reply.understand import ModelReader
+
+        model = self.slot.current
+        if not isinstance(model, ChatModel):
+            return None  # templates only, or a streamer that cannot read
+        if self._reader is None or self._reader.chat is not model:
+            self._reader = ModelReader(model)
+        return self._reader.read(agent_text, caller_text)
 
     def _serving(self) -> TextStreamer | None:
         return self.slot.current

@@ -1,0 +1,71 @@
+"""Teach the model to read caller turns: train on SGD train annotations (tuning/data/actions.py), export the
+tuned model, and print its loss before and after; then measure it turn by turn with
+
+    .venv/bin/innkeeper eval understanding <dev file> --today 2019-03-01 --model <exported dir> --limit N
+
+    .venv/bin/python benchmarks/understanding_model.py --method full --steps 60 --out /tmp/reader
+
+`--method projected` needs the protected corpus and calibration (minutes more; cached under
+INNKEEPER_HOME/tuning). Writes <out>/model (a plain HF directory) and <out>/metrics.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from innkeeper.core.settings import Settings
+from innkeeper.models.artifacts import export_hf
+from innkeeper.models.resolve import start_model_dir
+from tuning.data.actions import encode_action_examples, sgd_action_examples
+from tuning.pipeline import tune, tune_config
+
+SGD_TRAIN = "dialogues/sgd_hotels/train_hotels_only.jsonl"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", default="full")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.out.exists():
+        parser.error(f"{args.out} exists")
+    settings = Settings()
+    base_dir = start_model_dir(settings)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    rows = (json.loads(line) for line in (settings.shared_data / SGD_TRAIN).open(encoding="utf-8"))
+    examples = [example for row in rows for example in sgd_action_examples(row)]
+    random.Random(0).shuffle(examples)
+    held_out = len(examples) // 20
+    encoded = encode_action_examples(examples, tokenizer)
+    train, dev = encoded[held_out:], encoded[:held_out]
+    print(f"{len(train)} training / {len(dev)} held-out turn readings from {SGD_TRAIN}", file=sys.stderr)
+    cfg = tune_config(settings, steps=args.steps, batch_size=args.batch_size, lr=args.lr)
+    protected = None if args.method.startswith("projected") or args.method == "replay" else ([], {})
+    outcome = tune(
+        settings,
+        method=args.method,
+        cfg=cfg,
+        base_dir=base_dir,
+        train_examples=train,
+        eval_examples=dev,
+        out_dir=args.out / "run",
+        lineage={"readings": SGD_TRAIN, "examples": len(train)},
+        protected=protected,
+    )
+    export_hf(base_dir, outcome.artifact, args.out / "model")
+    (args.out / "metrics.json").write_text(json.dumps(outcome.metrics, indent=2))
+    print(json.dumps(outcome.metrics, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
