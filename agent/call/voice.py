@@ -499,20 +499,6 @@ class VoiceCall:
             task.cancel()
 
 
-def _check_stages() -> None:
-    """Keep `TURN_STAGES` true to the code: each stage names a `VoiceCall` method, defined in stage order."""
-    defined = list(vars(VoiceCall))
-    named = [stage.method for stage in (*TURN_STAGES, BARGE_IN)]
-    missing = [method for method in named if not callable(vars(VoiceCall).get(method))]
-    if missing:
-        raise TypeError(f"TURN_STAGES names methods VoiceCall does not have: {missing}")
-    if [defined.index(method) for method in named] != sorted(defined.index(method) for method in named):
-        raise TypeError(f"VoiceCall defines the stage methods out of TURN_STAGES order: {named}")
-
-
-_check_stages()
-
-
 async def _aclose(stream: AsyncIterator[str]) -> None:
     closer = getattr(stream, "aclose", None)
     if closer is not None:
