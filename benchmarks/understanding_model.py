@@ -23,6 +23,7 @@ from innkeeper.core.settings import Settings
 from innkeeper.models.artifacts import export_hf
 from innkeeper.models.resolve import start_model_dir
 from tuning.data.actions import encode_action_examples, sgd_action_examples
+from tuning.methods import get_method
 from tuning.pipeline import tune, tune_config
 
 SGD_TRAIN = "dialogues/sgd_hotels/train_hotels_only.jsonl"
@@ -49,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     train, dev = encoded[held_out:], encoded[:held_out]
     print(f"{len(train)} training / {len(dev)} held-out turn readings from {SGD_TRAIN}", file=sys.stderr)
     cfg = tune_config(settings, steps=args.steps, batch_size=args.batch_size, lr=args.lr)
-    protected = None if args.method.startswith("projected") or args.method == "replay" else ([], {})
+    method = get_method(args.method)
+    protected = None if method.needs_bases or method.needs_protected else ([], {})  # None: build the corpus
     outcome = tune(
         settings,
         method=args.method,

@@ -87,7 +87,6 @@ class DialogueManager:
     def handle(self, text: str) -> ReplyPlan:
         """Decide the reply to one caller turn (already cleaned and card-masked by the caller)."""
         self.state.begin_turn()
-        self.state.disagreements = []
         plan = self._vary_repeat(self._route(text))
         plan.tool_calls = self.state.tool_calls
         plan.disagreements = list(self.state.disagreements)
@@ -117,8 +116,10 @@ class DialogueManager:
                 ["I'm sorry, I can only help with the hotel: rooms, reservations and questions about your stay."],
             )
         meaning = read_turn(text)
-        if self.state.pending == "transfer_offer" and meaning.affirm:
-            return self._transfer()
+        if self.state.pending == "transfer_offer":
+            if meaning.affirm:
+                return self._transfer()
+            self.state.pending = None  # the offer lasts one turn: anything else moves on
         if self._closes_the_call(text, meaning):
             return self._goodbye()
         answers = []
@@ -126,14 +127,11 @@ class DialogueManager:
             answers = self._answer_topics(meaning.topics, meaning.room_type)
         elif self._asks_what_the_facts_do_not_say(text, meaning):
             answers = [NO_INFORMATION]
-        pending_before = self.state.pending
         if answers and self.state.stage is Stage.OPEN and meaning.is_question and not meaning.intents & _TASKS:
             return self._answer_only(answers)
         plan = self._advance(text, meaning)
         if answers and plan.act in {"clarify", "greet"}:
             return self._answer_only(answers)
-        if answers and answers[-1] == NO_INFORMATION and self.state.pending == pending_before == "transfer_offer":
-            self.state.pending = None
         plan.sentences[:0] = answers
         return plan
 

@@ -39,7 +39,6 @@ class NewBookingFlow:
         """
         before = replace(self.state.draft)
         self.state.asked = meaning.intents
-        self.state.disagreements = []
         if self.state.pending == "room_type" and meaning.affirm and len(self.state.offered) == 1:
             self.state.draft.room_type = self.state.offered[0]  # "yes" to "we have the Harbor Suite"
         stay, guests = self._stay_in(text), self._guests_in(text)
@@ -139,10 +138,9 @@ class NewBookingFlow:
             self.state.pending = "nights"
             lead = self._one_night_availability() or f"Arriving {say_date(d.check_in)}."
             return ReplyPlan("ask_nights", [lead, "How many nights will you stay?"])
-        quote = self._quote_asked_for()
         if not d.guests:
             self.state.pending = "guests"
-            lead = quote or [f"{self._stay_phrase()}."]
+            lead = self._quote_asked_for() or [f"{self._stay_phrase()}."]
             return ReplyPlan("ask_guests", [*lead, "How many guests will be staying?"])
         biggest = max(r.capacity for r in self.state.hotel.room_types)
         if d.guests > biggest:
@@ -153,6 +151,7 @@ class NewBookingFlow:
                 [f"Our largest room sleeps {biggest}. How many guests will share this room?"],
             )
         if not d.room_type:
+            quote = self._quote_asked_for()
             plan = self._offer_rooms()
             plan.sentences[:0] = quote or []
             return plan

@@ -107,6 +107,7 @@ class DialogueState:
         """A new caller turn: its tool log and its changes start empty."""
         self.tool_calls = []
         self.draft_changed = False
+        self.disagreements = []
 
     def run_tool(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Run the hotel tool `name` and record it (arguments and outcome) for the turn log."""

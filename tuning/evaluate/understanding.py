@@ -171,7 +171,8 @@ def predict(
     for dialogue in dialogues:
         tracker = tracker_for(today)
         for user_turn in dialogue.user_turns:
-            state = {key: tracker.hear(user_turn.agent_text, user_turn.text).get(key) for key in TRACKED}
+            heard = tracker.hear(user_turn.agent_text, user_turn.text)
+            state = {key: heard.get(key) for key in TRACKED}
             yield dialogue, user_turn, Prediction(dialogue.dialogue_id, user_turn.turn, state)
         if progress is not None:
             progress()
