@@ -211,6 +211,20 @@ def test_the_loader_process_gives_the_same_model_and_refuses_what_load_version_r
     assert set(Path("/dev/shm").glob("innkeeper-load-*")) <= scratch_before
 
 
+def test_the_loader_process_can_serve_a_version_through_ctranslate2(base_dir, artifacts, tmp_path):
+    from agent.reply.ct2 import Ct2ChatModel
+
+    inline = load_version(base_dir, artifacts["a"], version="v-a")
+    served = load_version_beside_calls(
+        base_dir, artifacts["a"], version="v-a", tokenizer_from=inline, scratch=tmp_path, ctranslate2="float32"
+    )
+    assert isinstance(served, Ct2ChatModel) and served.version == "v-a" and served.path == base_dir
+    messages = [{"role": "user", "content": "Is breakfast included?"}]
+    # the delta was applied before the export: the version decodes as its torch weights do
+    assert "".join(served.stream(messages, max_new_tokens=8)) == "".join(inline.stream(messages, max_new_tokens=8))
+    assert not any(tmp_path.glob("innkeeper-load-*"))
+
+
 def test_the_loader_process_waits_while_turns_are_worked_on(base_dir, artifacts, tmp_path):
     """Stopped while `busy()`: the load only finishes once the serving process has a gap."""
     busy = threading.Event()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from agent.reply.llm import THREAD_NAME, ChatModel, _StopCutter, build_tiny_chat_model
+from agent.reply.llm import THREAD_NAME, ChatModel, StopCutter, build_tiny_chat_model
 from innkeeper.core.manifest import MANIFEST, write_manifest
 from innkeeper.core.provision import LLM_NAME, ModelIntegrityError
 from innkeeper.core.settings import Settings
@@ -86,7 +86,7 @@ def test_stream_stops_at_stop_strings(tiny: ChatModel) -> None:
 
 
 def test_stop_strings_spanning_pieces_are_held_back() -> None:
-    cutter = _StopCutter(["<END>", "\nUser:"])
+    cutter = StopCutter(["<END>", "\nUser:"])
     emitted = [cutter.feed(p) for p in ["Hello <", "EN", "x", " there\nUs", "er: hi"]]
     assert emitted == ["Hello ", "", "<ENx", " there", ""]
     assert cutter.done

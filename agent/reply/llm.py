@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 import json
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from transformers.generation.streamers import TextStreamer
 from innkeeper.core.manifest import MANIFEST
 
 Messages = list[dict[str, str]]
+TokenFilter = Callable[[list[int]], Collection[int]]  # token ids so far → the tokens allowed next
 
 THREAD_NAME = "innkeeper-llm-generate"
 # How often a generation waiting for the model lock checks whether it was cancelled meanwhile.
@@ -81,7 +82,7 @@ class ChatModel:
         """Yield the reply's text pieces as they are decoded; closing the iterator stops generation."""
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         run = self._start(messages, streamer, max_new_tokens, temperature)
-        cutter = _StopCutter(stop)
+        cutter = StopCutter(stop)
         try:
             for piece in streamer:
                 if text := cutter.feed(piece):
@@ -102,7 +103,7 @@ class ChatModel:
         """`stream` for asyncio: never blocks the loop; cancelling or closing the consumer stops generation."""
         streamer = AsyncTextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         run = self._start(messages, streamer, max_new_tokens, temperature)
-        cutter = _StopCutter(stop)
+        cutter = StopCutter(stop)
         try:
             async for piece in streamer:
                 if text := cutter.feed(piece):
@@ -118,17 +119,16 @@ class ChatModel:
             # process exits (a daemon thread killed mid-kernel aborts the interpreter).
             await asyncio.to_thread(run.thread.join)
 
-    def complete(
-        self, messages: Messages, *, max_new_tokens: int, allowed_tokens: Callable[[int, Any], list[int]] | None = None
-    ) -> str:
-        """The whole greedy reply at once (blocking: run it off the event loop); `allowed_tokens` constrains
-        each step to the tokens it returns (transformers' `prefix_allowed_tokens_fn`, e.g. a JSON schema's)."""
+    def complete(self, messages: Messages, *, max_new_tokens: int, allowed_tokens: TokenFilter | None = None) -> str:
+        """The whole greedy reply at once (blocking: run it off the event loop); `allowed_tokens(ids so far)`,
+        given the prompt's and the reply's token ids, constrains each step to the tokens it returns."""
         config = self.generation_config(max_new_tokens, 0.0)
         inputs = self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
+        allowed = None if allowed_tokens is None else lambda _batch, ids: list(allowed_tokens(ids.tolist()))
         with self._lock, torch.inference_mode():
-            output = self.model.generate(**inputs, generation_config=config, prefix_allowed_tokens_fn=allowed_tokens)
+            output = self.model.generate(**inputs, generation_config=config, prefix_allowed_tokens_fn=allowed)
         return self.tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
     def _start(self, messages: Messages, streamer: TextStreamer, max_new_tokens: int, temperature: float) -> _Run:
@@ -210,7 +210,7 @@ class _Cancelled(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
-class _StopCutter:
+class StopCutter:
     """Cuts a text stream before the first stop string, holding back only a tail that could start one."""
 
     def __init__(self, stop: list[str] | None):
@@ -334,7 +334,11 @@ def _version(directory: Path, label: str) -> str:
 
 def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     """Every token that ends a reply: the model's generation EOS ids plus the tokenizer's (ChatML end)."""
-    configured = model.generation_config.eos_token_id
+    return end_token_ids(model.generation_config.eos_token_id, tokenizer)
+
+
+def end_token_ids(configured: int | list[int] | None, tokenizer: Any) -> list[int]:
+    """The generation config's EOS id(s) and the tokenizer's, each once."""
     ids = configured if isinstance(configured, list) else [configured]
     ids = [i for i in [*ids, tokenizer.eos_token_id] if i is not None]
     return list(dict.fromkeys(ids))

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from lmformatenforcer import JsonSchemaParser, TokenEnforcer, TokenEnforcerTokenizerData
 from pydantic import ValidationError
 
-from agent.reply.llm import ChatModel
+from agent.reply.llm import Messages, TokenFilter
 from agent.understanding.action import TurnAction, action_json_schema
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,21 @@ def action_text(action: TurnAction) -> str:
     return action.model_dump_json(exclude_defaults=True)
 
 
+class CompletingModel(Protocol):
+    """What reading needs from a model (ChatModel and Ct2ChatModel both offer it)."""
+
+    version: str
+    tokenizer: Any
+
+    def complete(
+        self, messages: Messages, *, max_new_tokens: int, allowed_tokens: TokenFilter | None = None
+    ) -> str: ...
+
+
 class ModelReader:
     """Reads turns with one chat model; the schema's token filter is built once per model."""
 
-    def __init__(self, chat: ChatModel, *, max_new_tokens: int = MAX_ACTION_TOKENS) -> None:
+    def __init__(self, chat: CompletingModel, *, max_new_tokens: int = MAX_ACTION_TOKENS) -> None:
         self.chat = chat
         self.max_new_tokens = max_new_tokens
         self._allowed: Callable | None = None
@@ -68,7 +79,7 @@ class ModelReader:
     def _filter(self) -> Callable:
         if self._allowed is None:
             enforcer = TokenEnforcer(_tokenizer_data(self.chat.tokenizer), JsonSchemaParser(action_json_schema()))
-            self._allowed = lambda _batch, ids: enforcer.get_allowed_tokens(ids.tolist()).allowed_tokens
+            self._allowed = lambda ids: enforcer.get_allowed_tokens(ids).allowed_tokens
         return self._allowed
 
 

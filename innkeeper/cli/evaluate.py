@@ -67,11 +67,10 @@ def _tracker_factory(hotel, reader):
 
 def _model_reader(settings, model: str):
     """The reader of the configured model ('base') or of a model directory; its `read` for the tracker."""
-    from agent.reply.llm import ChatModel
     from agent.reply.understand import ModelReader
-    from innkeeper.models.resolve import load_chat_model
+    from innkeeper.models.resolve import load_chat_model, serving_model
 
-    chat = load_chat_model(settings) if model == "base" else ChatModel(model, threads=settings.llm_threads)
+    chat = load_chat_model(settings) if model == "base" else serving_model(settings, Path(model))
     return ModelReader(chat).read
 
 

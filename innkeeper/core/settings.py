@@ -48,7 +48,18 @@ class Settings(BaseSettings):
     )
     llm_max_new_tokens: int = 48
     llm_temperature: float = Field(default=0.0, description="0 means greedy decoding.")
-    llm_threads: int | None = Field(default=None, description="torch intra-op threads; None = torch default.")
+    llm_threads: int | None = Field(
+        default=None, description="Threads one generation decodes on; None = the engine's default (CTranslate2: 1)."
+    )
+    llm_engine: str = Field(
+        default="torch",
+        pattern="^(torch|ctranslate2)$",
+        description="What serves the model: 'ctranslate2' (int8, cached prompt prefix; a version is exported "
+        "to its format when first loaded) or 'torch' (the training engine). Training always uses torch.",
+    )
+    llm_compute_type: str = Field(
+        default="int8", description="CTranslate2's weight type: int8 (fast), int8_float32 or float32 (as torch)."
+    )
     llm_first_sentence_ms: int | None = Field(
         default=2500,
         description="If the model has no grounded first sentence by then, the exact template reply is spoken "

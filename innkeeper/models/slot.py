@@ -34,6 +34,7 @@ from agent.call.turns import TurnsInProgress
 from agent.reply.wording import TextStreamer
 
 if TYPE_CHECKING:
+    from agent.reply.ct2 import Ct2ChatModel
     from agent.reply.llm import ChatModel
 
 log = logging.getLogger(__name__)
@@ -101,10 +102,11 @@ def load_version_beside_calls(
     artifact_dir: Path | None,
     *,
     version: str | None,
-    tokenizer_from: ChatModel | None = None,
+    tokenizer_from: ChatModel | Ct2ChatModel | None = None,
     scratch: Path | None = None,
     busy: Callable[[], bool] | None = None,
-) -> ChatModel:
+    ctranslate2: str | None = None,
+) -> ChatModel | Ct2ChatModel:
     """`load_version` for a process that is serving calls; the same checks, errors and result.
 
     Loading in the serving process itself took ~2.6 s of CPU (hashing the artifact and the base, applying
@@ -115,7 +117,8 @@ def load_version_beside_calls(
     disk). This process then maps them (transformers loads safetensors by mmap: ~0.1 s, no copy), in a gap
     too, reusing `tokenizer_from`'s tokenizer when given. The child's warm-up generation ran on the same
     weights, and a second one here measured as slow as any later generation, so there is none here.
-    Blocking: run it in a thread.
+    `ctranslate2` (a weight type, e.g. "int8"): the child also exports the weights to CTranslate2's format
+    and the version is served by `Ct2ChatModel`. Blocking: run it in a thread.
     """
     from agent.reply.llm import ChatModel, model_version
 
@@ -125,16 +128,24 @@ def load_version_beside_calls(
         raise ModelLoadError(f"base model {base_dir} could not be loaded: {exc}") from exc
     idle = busy or (lambda: False)
     with tempfile.TemporaryDirectory(prefix="innkeeper-load-", dir=_scratch_dir(scratch)) as tmp:
-        _run_in_loader_process(base_dir, artifact_dir, version, Path(tmp), idle)
+        _run_in_loader_process(base_dir, artifact_dir, version, Path(tmp), idle, ctranslate2)
         tokenizer = tokenizer_from.tokenizer if tokenizer_from is not None else None
         _wait_for_a_gap(idle)
         try:
-            model = ChatModel(tmp, version=version, tokenizer=tokenizer)
-        except (OSError, ValueError) as exc:
+            if ctranslate2:
+                from agent.reply.ct2 import Ct2ChatModel
+
+                # CTranslate2 reads the weights into memory: the directory can go.
+                ct2_dir = Path(tmp) / "ct2"
+                model = Ct2ChatModel(ct2_dir, tmp, version=version, tokenizer=tokenizer, compute_type=ctranslate2)
+            else:
+                model = ChatModel(tmp, version=version, tokenizer=tokenizer)
+        except (OSError, ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"the loaded weights of {version} could not be mapped: {exc}") from exc
     # The mapping outlives the directory: the weights' memory is freed with the model.
     model.path = Path(base_dir)
-    if tokenizer_from is not None and _shapes(model) != _shapes(tokenizer_from):
+    torch_pair = isinstance(model, ChatModel) and isinstance(tokenizer_from, ChatModel)
+    if torch_pair and _shapes(model) != _shapes(tokenizer_from):
         raise ModelLoadError(f"the loaded weights of {version} do not match the serving model's architecture")
     return model
 
@@ -159,7 +170,12 @@ def _scratch_dir(scratch: Path | None, need_bytes: int = 2 * 1024**3) -> str | N
 
 
 def _run_in_loader_process(
-    base_dir: Path, artifact_dir: Path | None, version: str, out_dir: Path, busy: Callable[[], bool]
+    base_dir: Path,
+    artifact_dir: Path | None,
+    version: str,
+    out_dir: Path,
+    busy: Callable[[], bool],
+    ctranslate2: str | None = None,
 ) -> None:
     """`python -m innkeeper.models.slot` (see `main`): a fresh interpreter, not a fork of this threaded one.
 
@@ -168,6 +184,8 @@ def _run_in_loader_process(
     command = [sys.executable, "-m", "innkeeper.models.slot", str(base_dir), str(out_dir), "--version", version]
     if artifact_dir is not None:
         command += ["--artifact", str(artifact_dir)]
+    if ctranslate2:
+        command += ["--ctranslate2", ctranslate2]
     log_path = out_dir / "loader.log"
     with open(log_path, "w+", encoding="utf-8") as log_file:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log_file)
@@ -214,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--version", required=True)
     parser.add_argument("--artifact", type=Path)
+    parser.add_argument("--ctranslate2", metavar="WEIGHT_TYPE", help="also export to CTranslate2 (out_dir/ct2)")
     args = parser.parse_args(argv)
 
     import torch
@@ -223,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         model = load_version(args.base_dir, args.artifact, version=args.version)
         model.model.save_pretrained(args.out_dir)
         model.tokenizer.save_pretrained(args.out_dir)  # for a serving process that has none to lend
+        model.model.generation_config.save_pretrained(args.out_dir)
+        if args.ctranslate2:
+            from agent.reply.ct2 import export
+
+            export(args.out_dir, args.out_dir / "ct2", quantization=args.ctranslate2)
     except (ModelLoadError, OSError) as exc:
         print(f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError) else str(exc), file=sys.stderr)
         return LOAD_REFUSED

@@ -228,6 +228,7 @@ class ModelAdmin:
                 tokenizer_from=serving if getattr(serving, "path", None) == base else None,
                 scratch=self.settings.home / "loading",
                 busy=self.busy,
+                ctranslate2=self.settings.llm_compute_type if self.settings.llm_engine == "ctranslate2" else None,
             )
 
         return load

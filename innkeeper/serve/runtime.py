@@ -87,11 +87,10 @@ class AgentRuntime:
 
     def _read_with_serving_model(self, agent_text: str | None, caller_text: str) -> TurnAction | None:
         """The turn read by the model serving now (a hot swap changes the reader at the next turn)."""
-        from agent.reply.llm import ChatModel
         from agent.reply.understand import ModelReader
 
         model = self.slot.current
-        if not isinstance(model, ChatModel):
+        if not hasattr(model, "complete"):
             return None  # templates only, or a streamer that cannot read
         if self._reader is None or self._reader.chat is not model:
             self._reader = ModelReader(model)
