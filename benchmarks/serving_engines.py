@@ -4,7 +4,8 @@ For each engine (one decoding thread, the way a call's turn runs): load time and
 turn read into a typed action under the JSON-schema constraint (SGD dev turns, the reading prompt); a reply
 worded from a plan (the wording prompt: time to the first text and decoding speed); and the same readings
 from 4 callers at once (4 threads, each speaking THINK_S between its turns; the engine serves one generation
-at a time, so this is the queueing a 4-call machine sees). Prints an 80-column table and writes `benchmarks/results/serving_engines.json`.
+at a time, so this is the queueing a 4-call machine sees). Prints an 80-column table and writes
+`benchmarks/results/serving_engines.json`.
 
     .venv/bin/python benchmarks/serving_engines.py [--model DIR] [--turns 24]
 
@@ -182,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         table.add_row(
             r["engine"].replace("ctranslate2:", "ct2 "), f"{r['load_s']:.1f}", str(r["rss_mb"]),
-            f"{r['read_p50_s']:.2f}", f"{r['read_p95_s']:.2f}", f"{r['read_4_callers_p95_s']:.2f}", f"{r['word_first_text_s']:.2f}", f"{r['word_tokens_per_s']:.0f}",
+            f"{r['read_p50_s']:.2f}", f"{r['read_p95_s']:.2f}", f"{r['read_4_callers_p95_s']:.2f}",
+            f"{r['word_first_text_s']:.2f}", f"{r['word_tokens_per_s']:.0f}",
             r["same_action_as_first"],
         )  # fmt: skip
     console.print(table)
