@@ -22,11 +22,9 @@ from transformers import AutoTokenizer
 from innkeeper.core.settings import Settings
 from innkeeper.models.artifacts import export_hf
 from innkeeper.models.resolve import start_model_dir
-from tuning.data.actions import encode_action_examples, sgd_action_examples
+from tuning.data.actions import SGD_TRAIN, encode_action_examples, sgd_action_examples
 from tuning.methods import get_method
 from tuning.pipeline import tune, tune_config
-
-SGD_TRAIN = "dialogues/sgd_hotels/train_hotels_only.jsonl"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,10 @@ from datetime import date
 import pytest
 from rich.console import Console
 
+from agent.call.calllog import CallLog
+from agent.call.review import Corrections
 from agent.reply.llm import build_tiny_chat_model
+from agent.understanding.action import ActionIntent, TurnAction
 from innkeeper.core.settings import Settings
 from innkeeper.models.registry import ModelRegistry, VersionStatus
 from innkeeper.serve.runtime import AgentRuntime
@@ -103,6 +106,15 @@ def test_a_night_trains_on_the_calls_gates_and_registers(nightly_settings, sqlit
     again, _ = nightly(settings, sqlite_db)
     assert again.status == "skipped" and "no new" in again.note
     assert len(registry.list()) == 1
+
+    # An operator's correction of a learned call is new data: the next night curates it as a reading example.
+    call_id = sorted(learned)[0]
+    first_caller_turn = next(t.index for t in CallLog(sqlite_db).transcript(call_id) if t.role == "caller")
+    Corrections(sqlite_db).add(call_id, first_caller_turn, TurnAction(intents=[ActionIntent.ASK]), author="dana")
+    corrected, _ = nightly(settings, sqlite_db, stop_after="curate")
+    assert corrected.status == "running" and corrected.counts["corrected_readings"] == 1
+    (reading,) = json.loads((nightly_root(settings) / corrected.run_id / "readings.json").read_text())
+    assert reading["example_id"].startswith(call_id) and reading["action"] == {"intents": ["ask"]}
 
 
 def test_a_candidate_outside_its_budgets_is_registered_as_rejected_with_reasons(nightly_settings, sqlite_db):

@@ -33,6 +33,13 @@ from rich.console import Console
 from innkeeper.core.db.database import Database
 from innkeeper.core.settings import Settings
 from innkeeper.models.registry import ModelRegistry, VersionStatus
+from tuning.data.actions import (
+    ActionExample,
+    encode_action_examples,
+    example_from_json,
+    example_json,
+    shared_readings,
+)
 from tuning.pipeline import CorpusSize
 
 log = logging.getLogger(__name__)
@@ -95,7 +102,10 @@ def open_run(settings: Settings, *, now: datetime | None = None) -> tuple[Nightl
         if state is not None and state.get("status") == "running":
             return NightlyRun(directory, state), True
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S")
-    directory = root / f"run-{stamp}"
+    directory, n = root / f"run-{stamp}", 1
+    while directory.exists():  # two runs in one second (a skipped night ends at once): "-2" sorts after it
+        n += 1
+        directory = root / f"run-{stamp}-{n}"
     directory.mkdir()
     run = NightlyRun(directory, {"status": "running", "started_at": _iso(now), "done": {}})
     run.save()
@@ -167,6 +177,8 @@ def _curate(settings: Settings, db: Database, run: NightlyRun, force: bool, repo
     held_out = {d.id for d in curation.dialogues if _held_out(d.id, settings.nightly_heldout_fraction)}
     last = _read_json(nightly_root(settings) / "last_success.json") or {}
     new_calls = sorted(set(curation.call_ids) - set(last.get("call_ids", [])))
+    reading_ids = sorted(e.example_id for e in curation.readings)
+    new_calls += sorted(set(reading_ids) - set(last.get("reading_ids", [])))  # a new correction is new data
     counts = {**curation.counts, "eligible": len(curation.dialogues), "new_since_last_run": len(new_calls)}
     report.counts = counts
     trainable = len(curation.dialogues) - len(held_out)
@@ -179,7 +191,13 @@ def _curate(settings: Settings, db: Database, run: NightlyRun, force: bool, repo
         report.note = f"nothing to learn: {why} ({counts})"
         return None
     _write_json(run.dir / "dataset.json", [asdict(d) for d in curation.dialogues])
-    return {"counts": counts, "held_out": sorted(held_out), "call_ids": sorted(curation.call_ids)}
+    _write_json(run.dir / "readings.json", [example_json(e) for e in curation.readings])
+    return {
+        "counts": counts,
+        "held_out": sorted(held_out),
+        "call_ids": sorted(curation.call_ids),
+        "reading_ids": reading_ids,
+    }
 
 
 def _train(settings: Settings, run: NightlyRun, size: CorpusSize, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -198,7 +216,8 @@ def _train(settings: Settings, run: NightlyRun, size: CorpusSize, overrides: dic
     if "eval_every" not in overrides:  # the evaluate step measures the candidate: no periodic evaluation
         cfg = cfg.model_copy(update={"eval_every": cfg.steps})
     lineage = {
-        "call_ids": sorted({e.dialogue_id for e in train}),
+        "call_ids": sorted({e.dialogue_id for e in train} & set(run.output("curate")["call_ids"])),
+        "reading_ids": run.output("curate").get("reading_ids", []),
         "heldout_call_ids": run.output("curate")["held_out"],
         "nightly_run": run.id,
         "curation_counts": run.output("curate")["counts"],
@@ -322,11 +341,20 @@ def _examples(settings: Settings, run: NightlyRun) -> tuple[list, list, str]:
     held = set(run.output("curate")["held_out"])
     train = build_examples([d for d in dialogues if d.id not in held], tokenizer)
     heldout = build_examples([d for d in dialogues if d.id in held], tokenizer)
+    # The reading is trained beside the wording: corrected turns of the calls, and annotated dialogue-set turns.
+    readings = [example_from_json(e) for e in _read_json(run.dir / "readings.json") or []]
+    train += encode_action_examples([e for e in readings if _call_of(e) not in held], tokenizer)
+    heldout += encode_action_examples([e for e in readings if _call_of(e) in held], tokenizer)
+    train += encode_action_examples(shared_readings(settings.shared_data, settings.tune_reading_examples), tokenizer)
     if len(heldout) >= MIN_HELDOUT_SEQUENCES:
         return train, heldout, f"{len(heldout)} held-out call sequences"
     shared_dev = split_dialogues(load_shared_dialogues(settings.shared_data))["dev"]
     extra = build_examples(shared_dev, tokenizer)
     return train, heldout + extra, f"{len(heldout)} held-out call sequences + {len(extra)} shared dev dialogues"
+
+
+def _call_of(example: ActionExample) -> str:
+    return example.example_id.split("#")[0]
 
 
 def _held_out(call_id: str, fraction: float) -> bool:
@@ -401,7 +429,12 @@ def _end(run: NightlyRun, report: NightlyReport, status: str, console: Console) 
         root = run.dir.parent
         _write_json(
             root / "last_success.json",
-            {"run": run.id, "finished_at": _iso(None), "call_ids": run.output("curate")["call_ids"]},
+            {
+                "run": run.id,
+                "finished_at": _iso(None),
+                "call_ids": run.output("curate")["call_ids"],
+                "reading_ids": run.output("curate").get("reading_ids", []),
+            },
         )
     console.print(f"[bold]nightly {run.id}: {status}[/] {report.note}")
     return report

@@ -87,13 +87,20 @@ def tune_config(settings: Settings, **overrides: object) -> ProjectedConfig:
 
 # ---------------------------------------------------------------------- where things live
 # ---------------------------------------------------------------------- data
-def domain_splits(settings: Settings, tokenizer: Any, *, db: Any = None, max_tokens: int = 512) -> dict[str, list]:
-    """Training examples per split from the logged and imported conversations (or the shared files)."""
+def domain_splits(
+    settings: Settings, tokenizer: Any, *, db: Any = None, max_tokens: int = 512, readings: int = 0
+) -> dict[str, list]:
+    """Training examples per split from the logged and imported conversations (or the shared files); `readings`
+    annotated SGD train turns join the train split as examples of the reading (`tuning.data.actions`)."""
+    from tuning.data.actions import encode_action_examples, shared_readings
+
     dialogues = load_db_dialogues(db) if db is not None else []
     if not dialogues:
         dialogues = load_shared_dialogues(settings.shared_data)
     splits = split_dialogues(dialogues)
-    return {name: build_examples(items, tokenizer, max_tokens=max_tokens) for name, items in splits.items()}
+    examples = {name: build_examples(items, tokenizer, max_tokens=max_tokens) for name, items in splits.items()}
+    examples["train"] += encode_action_examples(shared_readings(settings.shared_data, readings), tokenizer)
+    return examples
 
 
 def protected_examples(
@@ -253,7 +260,7 @@ def run_domain_tuning(
     """`innkeeper tune run`: domain tuning from the guarded base on the conversations' train split."""
     base_dir = start_model_dir(settings)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    splits = domain_splits(settings, tokenizer, db=db)
+    splits = domain_splits(settings, tokenizer, db=db, readings=settings.tune_reading_examples)
     out_dir = tuning_root(settings) / "runs" / f"{_stamp()}-{method}"
     return tune(
         settings,

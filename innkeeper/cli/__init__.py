@@ -12,6 +12,7 @@ from innkeeper.cli.database import bookings_app, db_app
 from innkeeper.cli.demo import demo
 from innkeeper.cli.evaluate import eval_app
 from innkeeper.cli.models import models_app
+from innkeeper.cli.review import review_app
 from innkeeper.cli.tuning import data_app, tune_app
 
 app = typer.Typer(help="Innkeeper: a self-hosted voice agent for hotels.", no_args_is_help=True)
@@ -21,5 +22,6 @@ app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 app.add_typer(tune_app, name="tune")
 app.add_typer(eval_app, name="eval")
+app.add_typer(review_app, name="review")
 for command in (chat, demo, serve, call):
     app.command()(command)

@@ -193,6 +193,11 @@ class Settings(BaseSettings):
     nightly_heldout_fraction: float = Field(
         default=0.2, description="Share of eligible calls (by a stable hash of the call id) kept out of training."
     )
+    tune_reading_examples: int = Field(
+        default=64,
+        description="Annotated turns of the SGD hotel train split trained beside the conversations (`tune run`, "
+        "`tune nightly`), so the model's reading of a turn is learned with the wording (0 = none).",
+    )
     nightly_min_calls: int = Field(default=1, description="Fewer eligible calls than this: nothing to learn, skip.")
     nightly_promote: bool = Field(default=True, description="Promote a candidate that passes the gate.")
     gate_min_domain_gain: float = Field(

@@ -1,4 +1,5 @@
-"""Training examples for the model's reading of a turn, from the dialogue sets' annotations.
+"""Training examples for the model's reading of a turn: from the dialogue sets' annotations and from operator
+corrections of logged calls.
 
 Each SGD caller turn becomes (the agent's words before it, the caller's words, the `TurnAction` its frames
 annotate): INFORM_INTENT → book, AFFIRM / SELECT → confirm, NEGATE → deny, THANK_YOU / GOODBYE → close,
@@ -6,18 +7,28 @@ REQUEST of a price → quote, of anything else → ask (the slot named as the qu
 slots — dates in the caller's own words (the annotated span), counts as numbers (the canonical value). The
 example is the chat the serving reader sends (`agent.reply.understand.reading_messages`) with the action's
 compact JSON as the reply, the only tokens that carry loss.
+
+A correction (`agent.call.review`) of a caller turn becomes the same kind of example, with the words of the
+redacted call (`tuning.data.redact`) and the action's personal details replaced by the same placeholders.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from agent.reply.understand import action_text, reading_messages
 from agent.understanding.action import ActionIntent, ActionSlots, TurnAction
 from agent.understanding.numbers import parse_number
 from tuning.data.dialogues import TrainingExample, encode_chat
+from tuning.data.pii import CODE, EMAIL, NAME, PHONE
+from tuning.data.redact import RedactedDialogue
+
+SGD_TRAIN = "dialogues/sgd_hotels/train_hotels_only.jsonl"  # under Settings.shared_data; dev stays for measuring
+PERSONAL_SLOTS = {"name": NAME, "phone": PHONE, "email": EMAIL, "confirmation_code": CODE}
 
 _INTENT_OF_ACT = {
     "INFORM_INTENT": ActionIntent.BOOK,
@@ -93,6 +104,50 @@ def _count(act: dict[str, Any]) -> int | None:
         if number and 0 < number <= 20:
             return number
     return None
+
+
+def shared_readings(shared_data: Path, count: int) -> list[ActionExample]:
+    """`count` annotated turns of the SGD hotel train split, spread evenly over it (none if it is absent)."""
+    path = shared_data / SGD_TRAIN
+    if count <= 0 or not path.is_file():
+        return []
+    with open(path, encoding="utf-8") as lines:
+        examples = [e for line in lines if line.strip() for e in sgd_action_examples(json.loads(line))]
+    step = max(len(examples) // count, 1)
+    return examples[::step][:count]
+
+
+def correction_examples(
+    dialogues: Iterable[RedactedDialogue], corrections: Mapping[int, TurnAction]
+) -> list[ActionExample]:
+    """One example per corrected caller turn (`corrections`: turn id → action) of these redacted calls."""
+    examples = []
+    for dialogue in dialogues:
+        agent_text = None
+        for turn in dialogue.turns:
+            if turn.role == "agent":
+                agent_text = turn.text
+            elif turn.role == "caller" and turn.id in corrections:
+                action = redact_action(corrections[turn.id])
+                examples.append(ActionExample(f"{dialogue.call_id}#{turn.id}", agent_text, turn.text, action))
+    return examples
+
+
+def redact_action(action: TurnAction) -> TurnAction:
+    """The action with its personal details replaced by the placeholders redaction puts in the words."""
+    personal = {slot: mark for slot, mark in PERSONAL_SLOTS.items() if getattr(action.slots, slot)}
+    return action.model_copy(update={"slots": action.slots.model_copy(update=personal)})
+
+
+def example_json(example: ActionExample) -> dict[str, Any]:
+    """An example as the nightly run's frozen dataset stores it (`example_from_json` reads it back)."""
+    return {**asdict(example), "action": example.action.model_dump(mode="json", exclude_defaults=True)}
+
+
+def example_from_json(data: Mapping[str, Any]) -> ActionExample:
+    return ActionExample(
+        data["example_id"], data["agent_text"], data["caller_text"], TurnAction.model_validate(data["action"])
+    )
 
 
 def encode_action_examples(

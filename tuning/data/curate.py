@@ -18,6 +18,8 @@ The whole path, in the order `curate` runs it:
    one turn keeps the rest coherent: later agent turns answer a context that contained the bad turn, and
    would teach the model to carry on from a leak as if nothing happened. Then identical dialogues
    (normalised text) are kept once and each caller number keeps only its most recent calls.
+4. **Corrected readings** (`tuning.data.actions.correction_examples`): each operator correction of a caller
+   turn that survived the steps above becomes an example of the reading, in the redacted words.
 """
 
 from __future__ import annotations
@@ -25,14 +27,16 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from agent.call.review import Corrections
 from agent.dialogue import policy
 from innkeeper.core.db.database import Database
 from innkeeper.core.db.schema import utcnow
 from innkeeper.core.hotel import HotelProfile, load_hotel
 from innkeeper.core.settings import Settings
+from tuning.data.actions import ActionExample, correction_examples
 from tuning.data.dialogues import Dialogue
 from tuning.data.pii import CARD, CODE, PLACEHOLDERS
 from tuning.data.redact import DROP_REASONS, Dropped, RedactedDialogue, RedactedTurn, redact_dialogue
@@ -68,6 +72,7 @@ class CurationReport:
     dialogues: list[Dialogue]
     call_ids: list[str]
     counts: dict[str, int]
+    readings: list[ActionExample] = field(default_factory=list)  # operator-corrected readings of these calls
 
 
 # ---------------------------------------------------------------- filtering
@@ -230,10 +235,15 @@ def curate(
     )
     counts |= filtered.counts
     counts["kept"] = len(filtered.dialogues)
+    caller_turns = [t.id for d in filtered.dialogues for t in d.turns if t.role == "caller"]
+    corrected = {c.turn_id: c.action for c in Corrections(db).list(turn_ids=caller_turns)}  # the latest wins
+    readings = correction_examples(filtered.dialogues, corrected)
+    counts["corrected_readings"] = len(readings)
     return CurationReport(
         dialogues=[d.to_dialogue() for d in filtered.dialogues],
         call_ids=[d.call_id for d in filtered.dialogues],
         counts=counts,
+        readings=readings,
     )
 
 

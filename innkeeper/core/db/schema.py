@@ -254,3 +254,24 @@ class ModelEventRecord(Base):
     action: Mapped[str] = mapped_column(String(32))
     actor: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+# ---------------------------------------------------------------- review (agent/call/calllog.py)
+
+
+class Correction(Base):
+    """An operator's fix of how the agent read one caller turn (and, optionally, what it should have said).
+
+    The nightly curation turns each into a training example of the reading (`tuning.data.actions`), with
+    the caller's words redacted as the call's are; who made it and when stay here.
+    """
+
+    __tablename__ = "corrections"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    turn_id: Mapped[int] = mapped_column(ForeignKey("turns.id", ondelete="CASCADE"), index=True)
+    action: Mapped[dict[str, Any]] = mapped_column(JSON)  # an agent.understanding.action.TurnAction, as JSON
+    reply: Mapped[str | None] = mapped_column(Text)
+    author: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    note: Mapped[str] = mapped_column(Text, default="")
