@@ -22,6 +22,8 @@ def good_candidate() -> dict:
         "over_refusal_base": 0.06,
         "policy_passed": 1.0,
         "policy_passed_base": 1.0,
+        "understanding": 0.90,
+        "understanding_base": 0.88,
     }
 
 
@@ -42,6 +44,7 @@ def test_a_candidate_inside_every_budget_is_promoted():
         ({"refusal": 0.70}, "refusal"),  # 10 points below the base
         ({"over_refusal": 0.20}, "over_refusal"),
         ({"policy_passed": 0.83}, "policy_passed"),
+        ({"understanding": 0.87}, "understanding"),  # reads worse than the serving model: no regression allowed
     ],
 )
 def test_each_budget_rejects_on_its_own(change, failing):
@@ -61,6 +64,15 @@ def test_a_measure_that_was_not_run_is_no_evidence():
     del retention["chat_kl"]
     decision = decide(retention, serving_domain_nll=1.2, canary_hits=[], budgets=BUDGETS)
     assert not decision.promote and decision.reasons == ["chat_kl: not measured"]
+
+
+def test_the_understanding_check_applies_when_it_was_measured():
+    retention = good_candidate()
+    del retention["understanding"], retention["understanding_base"]  # INNKEEPER_GATE_UNDERSTANDING_DIALOGUES=0
+    assert "understanding" not in decide(retention, serving_domain_nll=1.2, canary_hits=[], budgets=BUDGETS).checks
+    asked = {**retention, "understanding": None, "understanding_base": None}  # asked for, dev set missing
+    decision = decide(asked, serving_domain_nll=1.2, canary_hits=[], budgets=BUDGETS)
+    assert not decision.promote and decision.reasons == ["understanding: not measured"]
 
 
 def test_budgets_come_from_settings():

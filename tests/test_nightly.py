@@ -46,6 +46,7 @@ def nightly_settings(tmp_path, sqlite_db) -> Settings:
         today=date(2026, 11, 26),
         nightly_eval_size="tiny",
         nightly_heldout_fraction=0.3,
+        gate_understanding_dialogues=2,
         nightly_canaries=["Innkeeper canary 7Q4 ZX9 door code 4417"],
     )
     if not (settings.shared_data / "dialogues").is_dir():
@@ -97,6 +98,8 @@ def test_a_night_trains_on_the_calls_gates_and_registers(nightly_settings, sqlit
     assert report.counts["eligible"] == len(CALLS)
     assert report.counts["duplicates"] == len(call_ids) - len(CALLS)
     assert version.gate["decision"] == "promote" and version.metrics["domain_nll"] > 0
+    understood = version.gate["checks"]["understanding"]  # read on 2 SGD dev dialogues, vs the base serving now
+    assert 0 <= understood["value"] <= 1 and understood["limit"] is not None
     dataset = (nightly_root(settings) / report.run_id / "dataset.json").read_text()
     assert "Diaz" not in dataset and "555 0199" not in dataset  # redacted before anything was written
     trained = json.loads((nightly_root(settings) / report.run_id / "state.json").read_text())["done"]["train"]

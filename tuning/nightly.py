@@ -271,12 +271,31 @@ def _evaluate(settings: Settings, registry: ModelRegistry, run: NightlyRun) -> d
         )
         served = evaluate.run_suite(serving_model.model, serving_model.tokenizer, suite=domain_only, progress=False)
         serving_nll = served["measures"]["domain"]["nll"]
+    if settings.gate_understanding_dialogues > 0:  # the reading, measured as callers get it: model, then rules
+        reference = serving_model if serving is not None else base
+        retention |= _understanding(settings, candidate, reference)
     return {
         "retention": retention,
         "serving_version": serving.id if serving else None,
         "serving_domain_nll": serving_nll,
         "domain_source": domain_source,
         "table": evaluate.render_table(result, base_result),
+    }
+
+
+def _understanding(settings: Settings, candidate: Any, serving: Any) -> dict[str, float | None]:
+    """Reading accuracy of the candidate and of the model serving now on the gate's fixed SGD dev dialogues."""
+    from agent.reply.understand import ModelReader
+    from innkeeper.core.hotel import load_hotel
+    from tuning.evaluate.understanding import SGD_TODAY, gate_dialogues, reading_accuracy
+
+    dialogues = gate_dialogues(settings.shared_data, settings.gate_understanding_dialogues)
+    if not dialogues:
+        return {"understanding": None, "understanding_base": None}  # asked for and not measured: the gate says so
+    hotel = load_hotel(settings.hotel_file)
+    return {
+        "understanding": reading_accuracy(ModelReader(candidate).read, hotel, dialogues, SGD_TODAY),
+        "understanding_base": reading_accuracy(ModelReader(serving).read, hotel, dialogues, SGD_TODAY),
     }
 
 

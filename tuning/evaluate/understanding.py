@@ -21,7 +21,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent.dialogue.tracker import Reader
 from agent.understanding.numbers import parse_number
+from innkeeper.core.hotel import HotelProfile
 
 TRACKED = ("check_in_date", "check_out_date", "number_of_days", "number_of_adults")
 # SGD's hotel services name the same things differently (Hotels_1 number_of_days, Hotels_4 stay_length).
@@ -232,3 +234,26 @@ def score(results: Iterable[tuple[Dialogue, UserTurn, Prediction]]) -> Scores:
     for dialogue, user_turn, prediction in results:
         scores.add(dialogue, user_turn, prediction)
     return scores
+
+
+# ---------------------------------------------------------------------------------------------- the gate's measure
+
+SGD_DEV = "dialogues/sgd_hotels/dev_hotels_only.jsonl"  # under Settings.shared_data; never trained on
+SGD_TODAY = date(2019, 3, 1)  # the SGD dialogues' "today"
+
+
+def gate_dialogues(shared_data: Path, count: int) -> list[Dialogue]:
+    """The fixed dev split the nightly gate measures the reading on: the first `count` SGD dev dialogues."""
+    path = shared_data / SGD_DEV
+    return read_dialogues([path])[:count] if count > 0 and path.is_file() else []
+
+
+def reading_accuracy(read: Reader | None, hotel: HotelProfile, dialogues: Iterable[Dialogue], today: date) -> float:
+    """Share of the tracked values right (check-in, check-out, nights, adults) over every scored caller turn,
+    with the agent's own understanding: the model's reading by `read` first, the rules second (as on a call)."""
+    from agent.dialogue.tracker import StayTracker
+
+    scores = score(predict(dialogues, lambda day: StayTracker(hotel, day, read), today))
+    right = sum(scores.slots[slot].right for slot in TRACKED)
+    scored = sum(scores.slots[slot].scored for slot in TRACKED)
+    return right / scored if scored else 0.0
