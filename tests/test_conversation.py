@@ -405,6 +405,14 @@ def test_two_listed_dates_are_the_nights_and_respectively_names_in_and_out(runti
 # ---------------------------------------------------------------- the model's reading on the call path
 
 
+class SilentModel:
+    version = "reader@1"
+
+    async def astream(self, messages, **options):
+        return
+        yield  # an async generator that yields nothing
+
+
 def test_the_models_reading_is_used_where_it_validates_and_disagreements_are_logged(runtime, db):
     from agent.understanding.action import ActionSlots, TurnAction
 
@@ -415,6 +423,7 @@ def test_the_models_reading_is_used_where_it_validates_and_disagreements_are_log
 
     convo = runtime.new_conversation()
     convo.dialogue.reader = reader
+    convo._model_source = lambda: SilentModel()  # it reads; its wording never comes, so templates speak
     replies, convo = talk(runtime, ("I need a room December 7 for 2 nights", "Two adults."), convo)
     assert "For 3 guests" in replies[-1]
     asyncio.run(convo.close())
@@ -422,3 +431,6 @@ def test_the_models_reading_is_used_where_it_validates_and_disagreements_are_log
         turns = s.scalars(select(Turn).where(Turn.call_id == convo.call_id, Turn.role == "agent")).all()
         metas = [next(c["meta"] for c in t.tool_calls if "meta" in c) for t in turns]
     assert [m.get("disagreements") for m in metas] == [None, ["guests"]]
+    # the turn the model read names a model; the one the rules read, with templates speaking, names none
+    assert [m["understanding"] for m in metas] == ["rules", "model"]
+    assert [t.model_version for t in turns] == ["template", "reader@1"]

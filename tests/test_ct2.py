@@ -86,3 +86,10 @@ def test_export_replaces_a_previous_export_whole(tiny, tmp_path):
     again = export(torch_model.path, out, quantization="int8")
     assert again == out and (out / "model.bin").is_file() and not (tmp_path / "ct2.partial").exists()
     assert json.loads((out / "config.json").read_text())  # CTranslate2's own config, readable
+
+
+def test_a_reading_over_its_budget_is_abandoned_on_either_engine(tiny):
+    for model in tiny:
+        assert ModelReader(model, max_new_tokens=200, budget_s=0.0).read("How can I help?", "A room, please.") is None
+        cut = model.complete(PROMPTS[0], max_new_tokens=24, max_time=0.0)
+        assert len(cut) < len(model.complete(PROMPTS[0], max_new_tokens=24))

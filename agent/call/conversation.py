@@ -292,7 +292,16 @@ class Conversation:
 
     async def _log_reply(self, record: TurnOutcome, started: datetime, caller_text: str) -> None:
         plan = record.plan
-        meta = {"act": plan.act, "wording": sorted(set(record.sources)), "masked_cards": plan.masked_cards}
+        meta = {
+            "act": plan.act,
+            "wording": sorted(set(record.sources)),
+            "understanding": "model" if plan.model_read else "rules",
+            "serving": record.model_version,  # the model this turn started with, whether or not it took part
+            "masked_cards": plan.masked_cards,
+        }
+        # The turn's model_version names the model that read or worded it; "template" where code understood
+        # and templates spoke.
+        took_part = plan.model_read or "llm" in record.sources
         if plan.disagreements:  # the model's reading and the rules differ: a turn to review and learn from
             meta["disagreements"] = plan.disagreements
         self.history += [
@@ -305,7 +314,7 @@ class Conversation:
                 record.reply_text,
                 started,
                 _now(),
-                model_version=record.model_version,
+                model_version=record.model_version if took_part else "template",
                 tool_calls=[*plan.tool_calls, {"meta": meta}],
                 latencies=record.latencies,
             )

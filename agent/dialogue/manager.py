@@ -90,6 +90,7 @@ class DialogueManager:
         plan = self._vary_repeat(self._route(text))
         plan.tool_calls = self.state.tool_calls
         plan.disagreements = list(self.state.disagreements)
+        plan.model_read = self.state.model_read
         return plan
 
     def _vary_repeat(self, plan: ReplyPlan) -> ReplyPlan:
@@ -184,10 +185,12 @@ class DialogueManager:
         if self.reader is None:
             return None
         try:
-            return self.reader(self._last_reply or None, text)
+            action = self.reader(self._last_reply or None, text)
         except Exception as exc:  # a model that fails must not break the call: this turn, the rules read it
             log.warning("the model could not read the turn, the rules did: %s", exc)
             return None
+        self.state.model_read = action is not None
+        return action
 
     def _echoes_the_booking(self, text: str, meaning: TurnMeaning, changed: bool) -> bool:
         """ "Please book it" just after the booking was made: the tail of the caller's "yes", not a new stay."""

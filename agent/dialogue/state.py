@@ -75,6 +75,7 @@ class ReplyPlan:
     end_call: bool = False
     masked_cards: int = 0
     disagreements: list[str] = field(default_factory=list)  # slots where the model's reading and the rules differ
+    model_read: bool = False  # the model's reading of the turn was used (the rules second)
 
     @property
     def text(self) -> str:
@@ -99,6 +100,7 @@ class DialogueState:
     asked: frozenset[Intent] = frozenset()  # this turn's intents: an availability question, a price question
     offered: tuple[str, ...] = ()  # room types in the last offer (a "yes" to a single offer takes it)
     disagreements: list[str] = field(default_factory=list)  # this turn's slots where the model and rules differ
+    model_read: bool = False  # this turn was read by the model (its reading validated and was used)
     booked: BookingView | None = None
     tool_calls: list[dict[str, Any]] = field(default_factory=list)  # this turn's, for the turn log
     draft_changed: bool = False  # this turn added or changed a booking detail
@@ -108,6 +110,7 @@ class DialogueState:
         self.tool_calls = []
         self.draft_changed = False
         self.disagreements = []
+        self.model_read = False
 
     def run_tool(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Run the hotel tool `name` and record it (arguments and outcome) for the turn log."""

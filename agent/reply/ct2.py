@@ -19,6 +19,7 @@ import asyncio
 import json
 import shutil
 import threading
+import time
 from collections.abc import AsyncIterator, Collection, Iterator
 from pathlib import Path
 from typing import Any
@@ -137,14 +138,27 @@ class Ct2ChatModel:
             cancel.set()
             await asyncio.shield(worker)
 
-    def complete(self, messages: Messages, *, max_new_tokens: int, allowed_tokens: TokenFilter | None = None) -> str:
-        """The whole greedy reply (blocking); `allowed_tokens(ids so far)` constrains each step (see module doc)."""
+    def complete(
+        self,
+        messages: Messages,
+        *,
+        max_new_tokens: int,
+        allowed_tokens: TokenFilter | None = None,
+        max_time: float | None = None,
+    ) -> str:
+        """The whole greedy reply (blocking); `allowed_tokens(ids so far)` constrains each step (see module doc);
+        decoding stops after `max_time` seconds (what was decoded by then is returned)."""
+        deadline = None if max_time is None else time.monotonic() + max_time
         with self._lock:
             prompt = self._prompt_ids(messages)
             if allowed_tokens is None:
-                output = list(self._tokens(prompt, max_new_tokens, 0.0))
+                output = []
+                for token in self._tokens(prompt, max_new_tokens, 0.0):
+                    output.append(token)
+                    if _passed(deadline):
+                        break
             else:
-                output = self._constrained(prompt, max_new_tokens, allowed_tokens)
+                output = self._constrained(prompt, max_new_tokens, allowed_tokens, deadline)
         return self.tokenizer.decode([t for t in output if t not in self._eos_ids], skip_special_tokens=True)
 
     # ------------------------------------------------------------------ decoding
@@ -179,7 +193,9 @@ class Ct2ChatModel:
         finally:
             steps.close()
 
-    def _constrained(self, prompt: tuple[list[int], list[int]], max_new_tokens: int, allowed: TokenFilter) -> list[int]:
+    def _constrained(
+        self, prompt: tuple[list[int], list[int]], max_new_tokens: int, allowed: TokenFilter, deadline: float | None
+    ) -> list[int]:
         prefix, rest = prompt
         context = prefix + rest
         output: list[int] = []
@@ -190,7 +206,9 @@ class Ct2ChatModel:
                     refused = True
                     break
                 output.append(token)
-            if len(output) >= max_new_tokens:
+                if _passed(deadline):
+                    return output
+            if len(output) >= max_new_tokens or _passed(deadline):
                 break
             permitted = set(allowed(context + output))
             # The decoder stopped on an end token: allowed only where the constraint is met.
@@ -237,6 +255,10 @@ class _Detokenizer:
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         new, self.said = text[self.said :], len(text)
         return new
+
+
+def _passed(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
 
 
 def _template_ids(tokenizer: Any, messages: Messages, *, generation_prompt: bool) -> list[int]:

@@ -119,10 +119,19 @@ class ChatModel:
             # process exits (a daemon thread killed mid-kernel aborts the interpreter).
             await asyncio.to_thread(run.thread.join)
 
-    def complete(self, messages: Messages, *, max_new_tokens: int, allowed_tokens: TokenFilter | None = None) -> str:
+    def complete(
+        self,
+        messages: Messages,
+        *,
+        max_new_tokens: int,
+        allowed_tokens: TokenFilter | None = None,
+        max_time: float | None = None,
+    ) -> str:
         """The whole greedy reply at once (blocking: run it off the event loop); `allowed_tokens(ids so far)`,
-        given the prompt's and the reply's token ids, constrains each step to the tokens it returns."""
+        given the prompt's and the reply's token ids, constrains each step to the tokens it returns; decoding
+        stops after `max_time` seconds (what was decoded by then is returned)."""
         config = self.generation_config(max_new_tokens, 0.0)
+        config.max_time = max_time
         inputs = self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )

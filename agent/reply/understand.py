@@ -50,16 +50,25 @@ class CompletingModel(Protocol):
     tokenizer: Any
 
     def complete(
-        self, messages: Messages, *, max_new_tokens: int, allowed_tokens: TokenFilter | None = None
+        self,
+        messages: Messages,
+        *,
+        max_new_tokens: int,
+        allowed_tokens: TokenFilter | None = None,
+        max_time: float | None = None,
     ) -> str: ...
 
 
 class ModelReader:
     """Reads turns with one chat model; the schema's token filter is built once per model."""
 
-    def __init__(self, chat: CompletingModel, *, max_new_tokens: int = MAX_ACTION_TOKENS) -> None:
+    def __init__(
+        self, chat: CompletingModel, *, max_new_tokens: int = MAX_ACTION_TOKENS, budget_s: float | None = None
+    ) -> None:
+        """`budget_s`: a reading still decoding after this long is abandoned (the rules read that turn)."""
         self.chat = chat
         self.max_new_tokens = max_new_tokens
+        self.budget_s = budget_s
         self._allowed: Callable | None = None
 
     @property
@@ -70,7 +79,9 @@ class ModelReader:
         """The model's reading of `caller_text` (after the agent said `agent_text`); None if it failed."""
         messages = reading_messages(agent_text, caller_text)
         try:
-            raw = self.chat.complete(messages, max_new_tokens=self.max_new_tokens, allowed_tokens=self._filter())
+            raw = self.chat.complete(
+                messages, max_new_tokens=self.max_new_tokens, allowed_tokens=self._filter(), max_time=self.budget_s
+            )
             return TurnAction.model_validate(json.loads(raw))
         except (ValueError, ValidationError, RuntimeError) as exc:  # cut-off JSON, out-of-range values
             log.info("model reading failed, the rules read this turn: %s", exc)

@@ -105,6 +105,11 @@ class Settings(BaseSettings):
         "second. Off by default: the bundled model has not been taught the reading yet "
         "(benchmarks/understanding_model.py) and reads slowly on 2 CPU cores.",
     )
+    model_understanding_budget_ms: int | None = Field(
+        default=1500,
+        description="A model reading still decoding after this long is abandoned and the rules read that turn "
+        "(a caller waits for it); None = no limit.",
+    )
     voice_llm: bool = Field(
         default=False,
         description="Let the LLM word replies on voice calls. Off by default: on 2 CPU cores the bundled model's "

@@ -93,7 +93,8 @@ class AgentRuntime:
         if not hasattr(model, "complete"):
             return None  # templates only, or a streamer that cannot read
         if self._reader is None or self._reader.chat is not model:
-            self._reader = ModelReader(model)
+            budget_ms = self.settings.model_understanding_budget_ms
+            self._reader = ModelReader(model, budget_s=None if budget_ms is None else budget_ms / 1000)
         return self._reader.read(agent_text, caller_text)
 
     def _serving(self) -> TextStreamer | None:
