@@ -9,6 +9,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import select
 
+from agent.dialogue.manager import DialogueManager
 from innkeeper.cli.demo import DEMO_SCRIPT
 from innkeeper.core.db.schema import Booking, Call, Turn
 from innkeeper.core.settings import Settings
@@ -434,3 +435,25 @@ def test_the_models_reading_is_used_where_it_validates_and_disagreements_are_log
     # the turn the model read names a model; the one the rules read, with templates speaking, names none
     assert [m["understanding"] for m in metas] == ["rules", "model"]
     assert [t.model_version for t in turns] == ["template", "reader@1"]
+
+
+def test_trusting_the_rules_lets_the_model_fill_only_what_they_missed(sqlite_db, tmp_path):
+    from agent.understanding.action import ActionSlots, TurnAction
+
+    settings = Settings(home=tmp_path, today=TODAY, database_url=sqlite_db.engine.url.render_as_string(False))
+    runtime = AgentRuntime(settings, llm=None, db=sqlite_db)
+
+    def reader(agent_text, caller_text):
+        # the rules read "2 nights" and two adults; the model misreads both and adds the arrival they missed
+        if "nights" in caller_text:
+            return TurnAction(slots=ActionSlots(check_in="December 7", nights=5))
+        return TurnAction(slots=ActionSlots(adults=3))
+
+    convo = runtime.new_conversation()
+    convo.dialogue = DialogueManager(
+        tools=runtime.tools, hotel=runtime.hotel, today=runtime.today, call_id=None, reader=reader, trust="rules"
+    )
+    replies, convo = talk(runtime, ("I need a room for 2 nights", "Two adults."), convo)
+    draft = convo.dialogue.state.draft
+    assert (draft.check_in, draft.check_out, draft.guests) == (date(2026, 12, 7), date(2026, 12, 9), 2)
+    assert "For 2 guests" in replies[-1] and convo.dialogue.state.disagreements == ["guests"]

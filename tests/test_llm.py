@@ -180,13 +180,15 @@ def test_load_chat_model_sources(tiny_dir: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.real_model
-def test_bundled_smollm2_answers_in_english() -> None:
-    settings = Settings()
+@pytest.mark.parametrize("engine", ["torch", "ctranslate2"])
+def test_bundled_smollm2_answers_in_english(engine: str, tmp_path) -> None:
+    settings = Settings(llm_engine=engine, home=tmp_path)
     if not (settings.model_cache / LLM_NAME / MANIFEST).exists():
         pytest.skip(f"bundled SmolLM2 not provisioned in {settings.model_cache}: run `innkeeper models`")
     model = load_chat_model(settings)
     assert model.version.startswith(f"{LLM_NAME}@")
-    assert model.model.config.tie_word_embeddings and not hasattr(model.model.config, "quantization_config")
+    if engine == "torch":
+        assert model.model.config.tie_word_embeddings and not hasattr(model.model.config, "quantization_config")
     messages = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
     reply = "".join(model.stream(messages, max_new_tokens=24))
     assert re.search(r"[A-Za-z]{3,}", reply), reply

@@ -28,6 +28,7 @@ from innkeeper.models.artifacts import apply_delta, export_hf, load_delta, read_
 from innkeeper.models.resolve import guarded_dir, resolve_model_dir, start_model_dir, tuning_root
 from tuning import evaluate
 from tuning.data import corpus
+from tuning.data.actions import READING, encode_action_examples, shared_readings
 from tuning.data.dialogues import (
     TrainingExample,
     batches,
@@ -92,7 +93,6 @@ def domain_splits(
 ) -> dict[str, list]:
     """Training examples per split from the logged and imported conversations (or the shared files); `readings`
     annotated SGD train turns join the train split as examples of the reading (`tuning.data.actions`)."""
-    from tuning.data.actions import encode_action_examples, shared_readings
 
     dialogues = load_db_dialogues(db) if db is not None else []
     if not dialogues:
@@ -270,7 +270,11 @@ def run_domain_tuning(
         train_examples=splits["train"],
         eval_examples=splits["dev"],
         out_dir=out_dir,
-        lineage={"dialogues": sorted({e.dialogue_id for e in splits["train"]}), "split_seed": 0},
+        lineage={
+            "dialogues": sorted({e.dialogue_id for e in splits["train"] if not e.dialogue_id.startswith(READING)}),
+            "readings": sum(e.dialogue_id.startswith(READING) for e in splits["train"]),
+            "split_seed": 0,
+        },
         size=size,
     )
 

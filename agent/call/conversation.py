@@ -97,6 +97,7 @@ class Conversation:
         first_sentence_budget_s: float | None = None,
         turns: TurnsInProgress | None = None,
         reader: Reader | None = None,
+        trust: str = "model",
     ):
         self.hotel = hotel
         # Where this call's turns are marked in progress (a model loader waits for the gaps); its own if none given.
@@ -112,7 +113,7 @@ class Conversation:
         # Chosen up front so that audio files and transport ids can name the call even while the
         # database is unreachable; the record is written under this id when it comes back.
         self.planned_call_id = str(uuid.uuid4())
-        self.dialogue = DialogueManager(tools=tools, hotel=hotel, today=today, call_id=None, reader=reader)
+        self.dialogue = DialogueManager(tools=tools, hotel=hotel, today=today, call_id=None, reader=reader, trust=trust)
         self.writer = ReplyWriter(
             hotel,
             llm,

@@ -53,8 +53,9 @@ class DialogueManager:
         today: Callable[[], date],
         call_id: str | None,
         reader: Reader | None = None,
+        trust: str = "model",
     ):
-        self.state = DialogueState(tools=tools, hotel=hotel, today=today, call_id=call_id)
+        self.state = DialogueState(tools=tools, hotel=hotel, today=today, call_id=call_id, trust=trust)
         # The model's reading of a turn (agent.reply.understand), first where it validates; None: rules only.
         self.reader = reader
         self.new_booking = NewBookingFlow(self.state)

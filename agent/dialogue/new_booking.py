@@ -91,12 +91,15 @@ class NewBookingFlow:
             "nights": slots.nights,
         }
         ruled = {"check_in": rules.check_in, "check_out": rules.check_out, "nights": rules.nights}
-        chosen = {k: model[k] if model[k] is not None else ruled[k] for k in ruled}
+        first, second = (model, ruled) if self.state.trust == "model" else (ruled, model)
+        chosen = {k: first[k] if first[k] is not None else second[k] for k in ruled}
         self.state.disagreements = [k for k in ruled if None not in (model[k], ruled[k]) and model[k] != ruled[k]]
-        guests = (slots.adults + (slots.children or 0)) if slots.adults else rules_guests
-        if slots.adults and rules_guests and guests != rules_guests:
+        model_guests = (slots.adults + (slots.children or 0)) if slots.adults else None
+        if model_guests and rules_guests and model_guests != rules_guests:
             self.state.disagreements.append("guests")
-        said_out = rules.said_check_out if model["check_out"] is None else True
+        guests = (model_guests or rules_guests) if self.state.trust == "model" else (rules_guests or model_guests)
+        from_model = model["check_out"] is not None and chosen["check_out"] == model["check_out"]
+        said_out = True if from_model else rules.said_check_out
         if chosen["check_in"] and chosen["check_out"] and chosen["check_out"] <= chosen["check_in"]:
             chosen["check_out"] = None  # contradictory: ask rather than guess
         stay = StayDates(chosen["check_in"], chosen["check_out"], chosen["nights"], said_check_out=said_out)

@@ -94,6 +94,9 @@ class DialogueState:
     draft: BookingDraft = field(default_factory=BookingDraft)
     existing: ExistingBooking = field(default_factory=ExistingBooking)
     pending: str | None = None  # the slot the last reply asked for
+    # Whose value wins where the model's reading and the rules both found one: the model's ("model") or the
+    # rules' ("rules"; the model then only fills what the rules missed). Disagreements are logged either way.
+    trust: str = "model"
     quote: Quote | None = None
     nights_wanted: int | None = None  # "three nights" said before any arrival date
     end_said: str | None = None  # how the caller last named the stay's end: "check_out" (a date) or "nights"

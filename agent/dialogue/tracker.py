@@ -28,9 +28,9 @@ class StayTracker:
     comes first and the rules are the second opinion, as on a call; `disagreements` counts where they differ.
     """
 
-    def __init__(self, hotel: HotelProfile, today: date, reader: Reader | None = None) -> None:
+    def __init__(self, hotel: HotelProfile, today: date, reader: Reader | None = None, trust: str = "model") -> None:
         # No tools: filling the draft never calls one (availability and quotes come later in the flow).
-        self.state = DialogueState(tools=None, hotel=hotel, today=lambda: today, call_id=None)  # type: ignore[arg-type]
+        self.state = DialogueState(tools=None, hotel=hotel, today=lambda: today, call_id=None, trust=trust)  # type: ignore[arg-type]
         self.flow = NewBookingFlow(self.state)
         self.reader = reader
         self.disagreements = 0

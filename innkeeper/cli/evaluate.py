@@ -25,6 +25,9 @@ def eval_understanding(
     ] = "rules",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write one JSON line per caller turn here.")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N dialogues (a model reads slowly).")] = None,
+    trust: Annotated[
+        str, typer.Option(help="With a model: whose value wins where both found one, 'model' or 'rules'.")
+    ] = "model",
 ) -> None:
     """Run the understanding turn by turn (state carried across turns) and print per-slot accuracy."""
     from innkeeper.core.hotel import load_hotel
@@ -41,7 +44,10 @@ def eval_understanding(
         raise typer.Exit(2) from None
     settings = cli_settings()
     hotel = load_hotel(settings.hotel_file)
-    tracker_for = _tracker_factory(hotel, None if model == "rules" else _model_reader(settings, model))
+    if trust not in ("model", "rules"):
+        err_console.print(f"[red]--trust is 'model' or 'rules', not {trust!r}")
+        raise typer.Exit(2)
+    tracker_for = _tracker_factory(hotel, None if model == "rules" else _model_reader(settings, model), trust)
     scores = und.Scores()
     out = json_out.open("w", encoding="utf-8") if json_out else None
     try:
@@ -59,10 +65,10 @@ def eval_understanding(
     console.print(_table(model, scores, len(dialogues)))
 
 
-def _tracker_factory(hotel, reader):
+def _tracker_factory(hotel, reader, trust: str = "model"):
     from agent.dialogue.tracker import StayTracker
 
-    return lambda today: StayTracker(hotel, today, reader)
+    return lambda today: StayTracker(hotel, today, reader, trust)
 
 
 def _model_reader(settings, model: str):

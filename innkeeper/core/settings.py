@@ -52,13 +52,15 @@ class Settings(BaseSettings):
         default=None, description="Threads one generation decodes on; None = the engine's default (CTranslate2: 1)."
     )
     llm_engine: str = Field(
-        default="torch",
+        default="ctranslate2",
         pattern="^(torch|ctranslate2)$",
         description="What serves the model: 'ctranslate2' (int8, cached prompt prefix; a version is exported "
         "to its format when first loaded) or 'torch' (the training engine). Training always uses torch.",
     )
     llm_compute_type: str = Field(
-        default="int8", description="CTranslate2's weight type: int8 (fast), int8_float32 or float32 (as torch)."
+        default="float32",
+        description="CTranslate2's weight type: float32 decodes as torch does (2× its speed here); int8 is faster "
+        "again but changed 11 of 16 readings of a taught reader (benchmarks/serving_engines.py).",
     )
     llm_first_sentence_ms: int | None = Field(
         default=2500,
@@ -104,6 +106,12 @@ class Settings(BaseSettings):
         description="Let the serving model read each caller turn (a typed action under a JSON schema), the rules "
         "second. Off by default: the bundled model has not been taught the reading yet "
         "(benchmarks/understanding_model.py) and reads slowly on 2 CPU cores.",
+    )
+    model_understanding_trust: str = Field(
+        default="model",
+        pattern="^(model|rules)$",
+        description="Where the model's reading and the rules both found a stay or party-size value: whose wins "
+        "('rules': the model fills only what the rules missed). Disagreements are logged either way.",
     )
     model_understanding_budget_ms: int | None = Field(
         default=1500,

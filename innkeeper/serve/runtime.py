@@ -83,6 +83,7 @@ class AgentRuntime:
             first_sentence_budget_s=self._first_sentence_budget_s(voice=channel in VOICE_CHANNELS),
             turns=self.slot.turns,
             reader=self._read_with_serving_model if self.settings.model_understanding else None,
+            trust=self.settings.model_understanding_trust,
         )
 
     def _read_with_serving_model(self, agent_text: str | None, caller_text: str) -> TurnAction | None:

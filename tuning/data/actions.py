@@ -27,6 +27,7 @@ from tuning.data.dialogues import TrainingExample, encode_chat
 from tuning.data.pii import CODE, EMAIL, NAME, PHONE
 from tuning.data.redact import RedactedDialogue
 
+READING = "reading:"  # the id prefix of a reading example among training sequences (lineage tells them apart)
 SGD_TRAIN = "dialogues/sgd_hotels/train_hotels_only.jsonl"  # under Settings.shared_data; dev stays for measuring
 PERSONAL_SLOTS = {"name": NAME, "phone": PHONE, "email": EMAIL, "confirmation_code": CODE}
 
@@ -160,6 +161,6 @@ def encode_action_examples(
             *reading_messages(example.agent_text, example.caller_text),
             {"role": "assistant", "content": action_text(example.action)},
         ]
-        if item := encode_chat(messages, tokenizer, max_tokens=max_tokens, example_id=example.example_id):
+        if item := encode_chat(messages, tokenizer, max_tokens=max_tokens, example_id=READING + example.example_id):
             encoded.append(item)
     return encoded
