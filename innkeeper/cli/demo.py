@@ -94,16 +94,29 @@ def _server_stages(http: str, call_sid: str | None) -> Table | None:
     record = asyncio.run(fetch_call_record(http, call_sid=call_sid)) if call_sid else None
     if not record:
         return None
-    columns = ("endpoint_ms", "asr_wait_ms", "decide_ms", "llm_first_token_ms", "tts_first_ms", "first_audio_sent_ms")
-    table = Table(title="server stages per reply (ms after the caller's speech ended; decide/llm: after ASR)")
-    table.add_column("agent reply")
-    for column in columns:
-        table.add_column(column.removesuffix("_ms"), justify="right")
+    columns = {
+        "endpoint_ms": "endpt",
+        "asr_wait_ms": "asr",
+        "decide_ms": "decide",
+        "llm_first_token_ms": "llm",
+        "tts_first_ms": "tts",
+        "first_audio_sent_ms": "audio",
+    }
+    table = Table(
+        title="server stages per reply, ms after the caller stopped",
+        caption="by: model = a model read or worded the turn; decide and llm count from the end of ASR",
+        width=80,
+    )
+    table.add_column("agent reply", no_wrap=True, overflow="ellipsis", max_width=24)
+    table.add_column("by")
+    for header in columns.values():
+        table.add_column(header, justify="right")
     for turn in record.get("turns", []):
         latencies = turn.get("latencies") or {}
         if turn.get("role") == "agent" and "first_audio_sent_ms" in latencies:
             cells = [f"{latencies[c]:.0f}" if c in latencies else "—" for c in columns]
-            table.add_row(escape(str(turn.get("text", ""))[:40]), *cells)
+            by = "template" if turn.get("model_version") in (None, "template") else "model"
+            table.add_row(escape(str(turn.get("text", ""))), by, *cells)
     return table
 
 

@@ -27,10 +27,11 @@ def models(ctx: typer.Context, force: Annotated[bool, typer.Option(help="Rebuild
         return
     from innkeeper.core.provision import provision_all
 
-    statuses = provision_all(cli_settings(), force=force)
-    table = Table("model", "status", "path", "detail")
+    settings = cli_settings()
+    statuses = provision_all(settings, force=force)
+    table = Table("model", "status", "detail", caption=f"in {settings.model_cache}", width=min(console.width, 100))
     for status in statuses:
-        table.add_row(status.name, "[green]ok" if status.ok else "[red]FAILED", str(status.path), status.detail)
+        table.add_row(status.name, "[green]ok" if status.ok else "[red]FAILED", escape(status.detail))
     console.print(table)
     if not all(s.ok for s in statuses):
         raise typer.Exit(1)
