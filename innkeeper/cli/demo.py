@@ -97,17 +97,17 @@ def _server_stages(http: str, call_sid: str | None) -> Table | None:
     columns = {
         "endpoint_ms": "endpt",
         "asr_wait_ms": "asr",
-        "decide_ms": "decide",
+        "decide_ms": "dec",
         "llm_first_token_ms": "llm",
         "tts_first_ms": "tts",
         "first_audio_sent_ms": "audio",
     }
     table = Table(
         title="server stages per reply, ms after the caller stopped",
-        caption="by: model = a model read or worded the turn; decide and llm count from the end of ASR",
+        caption="by: model (a model read or worded it) or tmpl (templates); dec, llm: from the end of ASR",
         width=80,
     )
-    table.add_column("agent reply", no_wrap=True, overflow="ellipsis", max_width=24)
+    table.add_column("agent reply", no_wrap=True, overflow="ellipsis", max_width=22)
     table.add_column("by")
     for header in columns.values():
         table.add_column(header, justify="right")
@@ -115,7 +115,7 @@ def _server_stages(http: str, call_sid: str | None) -> Table | None:
         latencies = turn.get("latencies") or {}
         if turn.get("role") == "agent" and "first_audio_sent_ms" in latencies:
             cells = [f"{latencies[c]:.0f}" if c in latencies else "—" for c in columns]
-            by = "template" if turn.get("model_version") in (None, "template") else "model"
+            by = "tmpl" if turn.get("model_version") in (None, "template") else "model"
             table.add_row(escape(str(turn.get("text", ""))), by, *cells)
     return table
 
