@@ -103,9 +103,11 @@ async def run_level(url: str, lines: list[CallerLine], calls: int) -> list[CallR
     return await asyncio.gather(*(one(i) for i in range(calls)))
 
 
-async def server_stages(url: str, reports: list[CallReport]) -> tuple[dict[str, float], int]:
+async def server_stages(url: str, reports: list[CallReport], token: str | None) -> tuple[dict[str, float], int]:
     """Mean of every numeric per-turn latency the server recorded (whatever keys it has), and records found."""
-    records = await asyncio.gather(*(fetch_call_record(http_base(url), call_sid=r.call_id) for r in reports))
+    records = await asyncio.gather(
+        *(fetch_call_record(http_base(url), call_sid=r.call_id, token=token) for r in reports)
+    )
     values: dict[str, list[float]] = defaultdict(list)
     for record in filter(None, records):
         for turn in record.get("turns") or []:
@@ -149,14 +151,14 @@ def target_verdicts(level: dict[str, Any]) -> list[str]:
     return verdicts
 
 
-async def measure(url: str, lines: list[CallerLine], levels: list[int]) -> list[dict[str, Any]]:
+async def measure(url: str, lines: list[CallerLine], levels: list[int], token: str | None) -> list[dict[str, Any]]:
     results = []
     for calls in levels:
         console.print(f"placing {calls} concurrent call(s) of {len(lines)} lines…")
         outcomes = await run_level(url, lines, calls)
         level = summarize(calls, outcomes)
         level["server_stages_ms"], level["records_found"] = await server_stages(
-            url, [o for o in outcomes if isinstance(o, CallReport)]
+            url, [o for o in outcomes if isinstance(o, CallReport)], token
         )
         results.append(level)
         await asyncio.sleep(SETTLE_S)
@@ -235,7 +237,8 @@ def main() -> None:
             console.print(f"[red]could not start the server: {exc}")
             sys.exit(1)
         try:
-            levels = asyncio.run(measure(url, lines, args.calls))
+            token = server.token if server is not None else settings.admin_token  # for the call records
+            levels = asyncio.run(measure(url, lines, args.calls, token))
         finally:
             if server is not None:
                 server.stop()

@@ -501,12 +501,15 @@ def test_admin_api_needs_its_token(tmp_path, sqlite_db, base_dir, speech_models)
     runtime = AgentRuntime(settings, llm=None, db=sqlite_db)
     with serving(create_app(settings, runtime=runtime, models=speech_models)) as host:
         base = f"http://{host}/admin/models"
+        records = f"http://{host}/api/calls"  # a call record holds the caller's name and number
         disabled = [
             http("GET", base, TOKEN),
             http("POST", f"{base}/v1/promote", TOKEN),
             http("POST", f"{base}/rollback"),
+            http("GET", f"{records}/some-call"),
+            http("GET", f"{records}?call_sid=CA1", TOKEN),
         ]
-        assert [status for status, _ in disabled] == [403, 403, 403]
+        assert [status for status, _ in disabled] == [403] * 5
         assert all("admin API disabled" in body["error"] for _, body in disabled)
 
         settings.admin_token = TOKEN
@@ -514,8 +517,14 @@ def test_admin_api_needs_its_token(tmp_path, sqlite_db, base_dir, speech_models)
             http("GET", base, "not-the-token"),
             http("POST", f"{base}/v1/promote"),
             http("POST", f"{base}/rollback", "not-the-token"),
+            http("GET", f"{records}/some-call"),
+            http("GET", f"{records}?call_sid=CA1", "not-the-token"),
         ]
-        assert [status for status, _ in wrong] == [401, 401, 401]
+        assert [status for status, _ in wrong] == [401] * 5
+        assert [http("GET", f"{records}/some-call", TOKEN)[0], http("GET", f"{records}?call_sid=CA1", TOKEN)[0]] == [
+            404,
+            404,
+        ]
 
         status, listing = http("GET", base, TOKEN)
         assert status == 200 and listing["versions"] == [] and listing["serving"]["model_version"] == "template"

@@ -58,6 +58,9 @@ class LiveServer:
         return self.app.state.services
 
 
+ADMIN_TOKEN = "call-records-token"
+
+
 @pytest.fixture(scope="module")
 def speech_models() -> SpeechModels:
     return load_speech_models(Settings(partial_transcripts_ms=None, endpoint_silence_ms=640))
@@ -66,7 +69,9 @@ def speech_models() -> SpeechModels:
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory, speech_models) -> Iterator[LiveServer]:
     home = tmp_path_factory.mktemp("voice-home")
-    settings = Settings(home=home, today="2026-11-26", twilio_auth_token=AUTH_TOKEN, llm_model="none")
+    settings = Settings(
+        home=home, today="2026-11-26", twilio_auth_token=AUTH_TOKEN, llm_model="none", admin_token=ADMIN_TOKEN
+    )
     runtime = AgentRuntime.from_settings(settings, use_llm=False)
     app = create_app(settings, runtime=runtime, models=speech_models)
     with serving(app) as host:
@@ -78,10 +83,11 @@ def synthesizer(speech_models):
     return speech_models.synthesizer
 
 
-def _get(url: str) -> dict:
+def _get(url: str, token: str | None = ADMIN_TOKEN) -> dict:
     import urllib.request
 
-    with urllib.request.urlopen(url, timeout=10) as response:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 
 
@@ -324,7 +330,7 @@ def test_a_turn_still_being_recognised_at_hang_up_is_logged(tmp_path, speech_mod
     # running (slow here on purpose): their last words are a turn of the call, not lost with the line.
     spoken, rate = synthesizer.synthesize("Please send me the price list by email.")
     slow = dataclasses.replace(speech_models, recognizer=_SlowRecognizer(speech_models.recognizer, 1.5))
-    settings = Settings(home=tmp_path, today="2026-11-26", llm_model="none")
+    settings = Settings(home=tmp_path, today="2026-11-26", llm_model="none", admin_token=ADMIN_TOKEN)
     runtime = AgentRuntime.from_settings(settings, use_llm=False)
     app = create_app(settings, runtime=runtime, models=slow)
     with serving(app) as host:

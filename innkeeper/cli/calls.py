@@ -120,11 +120,12 @@ def call(
     except CallError as exc:
         err_console.print(f"[red]call failed: {exc}")
         raise typer.Exit(1) from None
-    for role, text in call_transcript(report, target):
+    token = cli_settings().admin_token  # the server's call records need it (INNKEEPER_ADMIN_TOKEN)
+    for role, text in call_transcript(report, target, token):
         console.print(f"[{'yellow' if role == 'caller' else 'cyan'}]{role}:[/] {escape(text)}")
     console.print(latency_table(report))
     _print_call_notes(report)
-    _print_model_versions(report, target)
+    _print_model_versions(report, target, token)
     if report.unanswered:
         err_console.print(f"[red]{report.unanswered} of {len(report.turns)} lines went unanswered")
         raise typer.Exit(1)
@@ -147,14 +148,14 @@ def _call_lines(settings: Settings, say: list[str] | None, wav: list[Path] | Non
     return lines
 
 
-def call_transcript(report, target: str) -> list[tuple[str, str]]:
+def call_transcript(report, target: str, token: str | None) -> list[tuple[str, str]]:
     """Plain: the server's transcript messages; Twilio: the server's call record. Else what the caller knows."""
     from innkeeper.simulation.call_report import fetch_call_record, http_base
 
     if report.protocol == "plain" and report.transcript:
         return report.transcript
     if report.protocol == "twilio":
-        record = asyncio.run(fetch_call_record(http_base(target), call_sid=report.call_id))
+        record = asyncio.run(fetch_call_record(http_base(target), call_sid=report.call_id, token=token))
         turns = record.get("turns") if record else None
         if isinstance(turns, list) and turns:
             return [(str(t.get("role", "?")), str(t.get("text", ""))) for t in turns if isinstance(t, dict)]
@@ -165,14 +166,14 @@ def call_transcript(report, target: str) -> list[tuple[str, str]]:
     return heard
 
 
-def _print_model_versions(report, target: str) -> None:
+def _print_model_versions(report, target: str, token: str | None) -> None:
     """Which model version answered (from the server's call record): what a model swap changes."""
     from innkeeper.simulation.call_report import fetch_call_record, http_base
 
     if report.protocol == "twilio":
-        record = asyncio.run(fetch_call_record(http_base(target), call_sid=report.call_id))
+        record = asyncio.run(fetch_call_record(http_base(target), call_sid=report.call_id, token=token))
     else:
-        record = asyncio.run(fetch_call_record(http_base(target), report.call_id))
+        record = asyncio.run(fetch_call_record(http_base(target), report.call_id, token=token))
     turns = (record or {}).get("turns") or []
     agent_turns = [t for t in turns if isinstance(t, dict) and t.get("role") == "agent"]
     versions = sorted({str(t["model_version"]) for t in agent_turns if t.get("model_version")})

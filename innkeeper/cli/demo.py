@@ -76,8 +76,8 @@ def _voice_demo(settings: Settings, *, llm: bool) -> None:
         target = call_url(server.url, "twilio")
         console.print(f"placing a phone call to {target} (Twilio Media Streams, 8 kHz mu-law, real time)")
         report = asyncio.run(place_call(target, lines, protocol="twilio", record_dir=home / "recording"))
-        transcript = call_transcript(report, target)
-        stages = _server_stages(server.http, report.call_id)
+        transcript = call_transcript(report, target, server.token)
+        stages = _server_stages(server.http, report.call_id, server.token)
     for role, line in transcript:
         console.print(f"[{'yellow' if role == 'caller' else 'cyan'}]{role}:[/] {escape(line)}")
     console.print(latency_table(report))
@@ -87,11 +87,11 @@ def _voice_demo(settings: Settings, *, llm: bool) -> None:
     _check_demo_booking(settings.model_copy(update={"home": home, "database_url": demo_db}), nights=4)
 
 
-def _server_stages(http: str, call_sid: str | None) -> Table | None:
+def _server_stages(http: str, call_sid: str | None, token: str) -> Table | None:
     """Where the time went in each reply, from the server's call record (ms after the caller stopped)."""
     from innkeeper.simulation.call_report import fetch_call_record
 
-    record = asyncio.run(fetch_call_record(http, call_sid=call_sid)) if call_sid else None
+    record = asyncio.run(fetch_call_record(http, call_sid=call_sid, token=token)) if call_sid else None
     if not record:
         return None
     columns = {

@@ -196,8 +196,8 @@ class Settings(BaseSettings):
     )
     admin_token: str | None = Field(
         default=None,
-        description="Bearer token for the /admin/models endpoints (promote, rollback, list); unset = admin API "
-        "disabled (403).",
+        description="Bearer token for /admin/models (promote, rollback, list) and /api/calls (call records: the "
+        "caller's name and number); unset = both disabled (403).",
     )
 
     # The nightly job (tuning/nightly.py) and its promotion gate (tuning/gate.py).

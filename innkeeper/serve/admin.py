@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 from collections.abc import Callable
 from dataclasses import asdict
@@ -31,6 +30,7 @@ from innkeeper.core.db.database import DatabaseUnavailable
 from innkeeper.core.settings import Settings
 from innkeeper.models.registry import ModelRegistry, ModelVersion, RegistryError
 from innkeeper.models.slot import ModelLoadError, SwapInProgress, SwapResult, load_version_beside_calls
+from innkeeper.serve.auth import install_refusals, require_token
 from innkeeper.serve.runtime import AgentRuntime
 
 log = logging.getLogger(__name__)
@@ -287,15 +287,7 @@ async def _registry_call(change: Callable[..., Any], *args: Any, **kwargs: Any) 
 
 def admin_router(settings: Settings) -> APIRouter:
     """The /admin/models endpoints; the server keeps its `ModelAdmin` in `app.state.model_admin`."""
-
-    def authorize(request: Request) -> None:
-        if not settings.admin_token:
-            raise _Refused(403, "admin API disabled: set INNKEEPER_ADMIN_TOKEN to enable it")
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), settings.admin_token.encode()):
-            raise _Refused(401, "missing or wrong bearer token")
-
-    router = APIRouter(prefix="/admin/models", dependencies=[Depends(authorize)])
+    router = APIRouter(prefix="/admin/models", dependencies=[Depends(require_token(settings))])
 
     @router.get("")
     async def list_models(request: Request) -> JSONResponse:
@@ -319,22 +311,10 @@ def admin_router(settings: Settings) -> APIRouter:
     return router
 
 
-class _Refused(Exception):
-    """An authorization refusal, answered as JSON by the handler `install_admin` registers."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
 def install_admin(app: Any, settings: Settings) -> None:
     """Mount the admin endpoints and their JSON refusals on the server app."""
     app.include_router(admin_router(settings))
-
-    @app.exception_handler(_Refused)
-    async def refused(request: Request, exc: _Refused) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
+    install_refusals(app)
 
 
 async def _answer(admin: ModelAdmin, operation: Any) -> JSONResponse:

@@ -22,13 +22,14 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request, WebSocket
+from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket
 from fastapi.responses import Response
 
 from agent.call.calllog import CallNotFound
 from agent.call.voice_config import SpeechModels
 from innkeeper.core.settings import Settings
 from innkeeper.serve.admin import ModelAdmin, install_admin
+from innkeeper.serve.auth import require_token
 from innkeeper.serve.calls import CallServices, serve_plain, serve_twilio
 from innkeeper.serve.runtime import AgentRuntime
 from innkeeper.serve.speech import load_speech_models
@@ -105,11 +106,12 @@ def create_app(
     async def plain_call(ws: WebSocket) -> None:
         await serve_plain(ws, ws.app.state.services)
 
-    @app.get("/api/calls/{call_id}")
+    # A call record holds the caller's name and number: only for the token's holder (innkeeper/serve/auth.py).
+    @app.get("/api/calls/{call_id}", dependencies=[Depends(require_token(settings))])
     async def call_record(call_id: str, request: Request) -> dict[str, Any]:
         return await _call_record(request.app.state.services, call_id)
 
-    @app.get("/api/calls")
+    @app.get("/api/calls", dependencies=[Depends(require_token(settings))])
     async def call_by_sid(call_sid: str, request: Request) -> dict[str, Any]:
         services: CallServices = request.app.state.services
         call_id = await asyncio.to_thread(services.runtime.call_log.find_call, "call_sid", call_sid)

@@ -120,9 +120,16 @@ def http_base(url: str) -> str:
 
 
 async def fetch_call_record(
-    http_base: str, call_id: str | None = None, call_sid: str | None = None, *, attempts: int = 3, retry_s: float = 0.5
+    http_base: str,
+    call_id: str | None = None,
+    call_sid: str | None = None,
+    *,
+    token: str | None = None,
+    attempts: int = 3,
+    retry_s: float = 0.5,
 ) -> dict[str, Any] | None:
-    """The server's record of a call, `{"call": {...}, "turns": [...]}`, or None when it has none.
+    """The server's record of a call, `{"call": {...}, "turns": [...]}`, or None when it has none (or refuses:
+    call records need the server's INNKEEPER_ADMIN_TOKEN as `token`).
 
     A 404 is retried a few times: the server may still be writing the record as the call closes.
     """
@@ -133,7 +140,7 @@ async def fetch_call_record(
     else:
         raise ValueError("fetch_call_record needs call_id or call_sid")
     for attempt in range(attempts):
-        status, body = await asyncio.to_thread(_get_json, url)
+        status, body = await asyncio.to_thread(_get_json, url, token)
         if status != 404:
             return body if status == 200 and isinstance(body, dict) else None
         if attempt + 1 < attempts:
@@ -141,10 +148,11 @@ async def fetch_call_record(
     return None
 
 
-def _get_json(url: str) -> tuple[int | None, Any]:
+def _get_json(url: str, token: str | None = None) -> tuple[int | None, Any]:
     """(HTTP status, parsed JSON body or None); status None when the server cannot be reached."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as response:
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
             raw = response.read()
             status = response.status
     except urllib.error.HTTPError as exc:

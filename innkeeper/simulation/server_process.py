@@ -4,6 +4,7 @@ voice calls talk to."""
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -26,6 +27,8 @@ class ServerProcess:
         self.http = f"http://127.0.0.1:{self.port}"
         self.log = home / "server.log"
         self._env = {**os.environ, "INNKEEPER_HOME": str(home), **(env or {})}
+        # The token for the server's call records and admin API: the caller's own, or one made for this run.
+        self.token = self._env.setdefault("INNKEEPER_ADMIN_TOKEN", secrets.token_urlsafe(24))
         self._args = ["serve", "--port", str(self.port), *(["--llm"] if llm else [])]
         self._timeout_s = timeout_s
         self._process: subprocess.Popen[bytes] | None = None
