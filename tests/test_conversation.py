@@ -425,7 +425,7 @@ def test_the_models_reading_is_used_where_it_validates_and_disagreements_are_log
     convo = runtime.new_conversation()
     convo.dialogue.reader = reader
     convo._model_source = lambda: SilentModel()  # it reads; its wording never comes, so templates speak
-    replies, convo = talk(runtime, ("I need a room December 7 for 2 nights", "Two adults."), convo)
+    replies, convo = talk(runtime, ("I need a room December 7 for 2 nights", "Two adults, or maybe three."), convo)
     assert "For 3 guests" in replies[-1]
     asyncio.run(convo.close())
     with db.session() as s:
@@ -437,6 +437,19 @@ def test_the_models_reading_is_used_where_it_validates_and_disagreements_are_log
     assert [t.model_version for t in turns] == ["template", "reader@1"]
 
 
+def test_a_count_or_date_the_caller_never_said_is_not_taken_from_the_model(runtime):
+    from agent.understanding.action import ActionSlots, TurnAction
+
+    def reader(agent_text, caller_text):  # a reader that invents a stay and a party the turn does not carry
+        return TurnAction(slots=ActionSlots(check_in="next Friday", nights=3, adults=4))
+
+    convo = runtime.new_conversation()
+    convo.dialogue.reader = reader
+    talk(runtime, ("I need a room December 7 for 2 nights", "Two adults."), convo)
+    draft = convo.dialogue.state.draft
+    assert (draft.check_in, draft.check_out, draft.guests) == (date(2026, 12, 7), date(2026, 12, 9), 2)
+
+
 def test_trusting_the_rules_lets_the_model_fill_only_what_they_missed(sqlite_db, tmp_path):
     from agent.understanding.action import ActionSlots, TurnAction
 
@@ -444,8 +457,9 @@ def test_trusting_the_rules_lets_the_model_fill_only_what_they_missed(sqlite_db,
     runtime = AgentRuntime(settings, llm=None, db=sqlite_db)
 
     def reader(agent_text, caller_text):
-        # the rules read "2 nights" and two adults; the model misreads both and adds the arrival they missed
-        if "nights" in caller_text:
+        # the rules read the arrival but not the length ("say five"), and two adults; the model reads the
+        # length the rules missed, and misreads the party
+        if "five" in caller_text:
             return TurnAction(slots=ActionSlots(check_in="December 7", nights=5))
         return TurnAction(slots=ActionSlots(adults=3))
 
@@ -453,7 +467,8 @@ def test_trusting_the_rules_lets_the_model_fill_only_what_they_missed(sqlite_db,
     convo.dialogue = DialogueManager(
         tools=runtime.tools, hotel=runtime.hotel, today=runtime.today, call_id=None, reader=reader, trust="rules"
     )
-    replies, convo = talk(runtime, ("I need a room for 2 nights", "Two adults."), convo)
+    lines = ("I need a room December 7 for a few nights, say five", "Two adults, or maybe three.")
+    replies, convo = talk(runtime, lines, convo)
     draft = convo.dialogue.state.draft
-    assert (draft.check_in, draft.check_out, draft.guests) == (date(2026, 12, 7), date(2026, 12, 9), 2)
+    assert (draft.check_in, draft.check_out, draft.guests) == (date(2026, 12, 7), date(2026, 12, 12), 2)
     assert "For 2 guests" in replies[-1] and convo.dialogue.state.disagreements == ["guests"]

@@ -19,7 +19,7 @@ from agent.understanding.action import TurnAction
 from agent.understanding.contacts import find_email, find_phone
 from agent.understanding.dates import StayDates, parse_guest_count, parse_stay
 from agent.understanding.intents import Intent, TurnMeaning, find_name
-from agent.understanding.numbers import parse_number, words_to_numbers
+from agent.understanding.numbers import number_phrases, parse_number, words_to_numbers
 
 HORIZON_DAYS = 731  # a date the model names further out than two years is not a booking date
 
@@ -43,7 +43,7 @@ class NewBookingFlow:
             self.state.draft.room_type = self.state.offered[0]  # "yes" to "we have the Harbor Suite"
         stay, guests = self._stay_in(text), self._guests_in(text)
         if action is not None:
-            stay, guests = self._with_model_reading(action, stay, guests)
+            stay, guests = self._with_model_reading(action, text, stay, guests)
         self._apply_stay(stay)
         if guests:
             self.state.draft.guests = guests
@@ -80,21 +80,22 @@ class NewBookingFlow:
         return guests
 
     def _with_model_reading(
-        self, action: TurnAction, rules: StayDates, rules_guests: int | None
+        self, action: TurnAction, text: str, rules: StayDates, rules_guests: int | None
     ) -> tuple[StayDates, int | None]:
         """The model's stay and party size where they validate, the rules' elsewhere; disagreements noted."""
         today = self.state.today()
         slots = action.slots
         model = {
-            "check_in": _valid_date(slots.check_in, today),
-            "check_out": _valid_date(slots.check_out, today),
-            "nights": slots.nights,
+            "check_in": _valid_date(_quoted(slots.check_in, text), today),
+            "check_out": _valid_date(_quoted(slots.check_out, text), today),
+            "nights": _said_count(slots.nights, text, _ONE_NIGHT),
         }
         ruled = {"check_in": rules.check_in, "check_out": rules.check_out, "nights": rules.nights}
         first, second = (model, ruled) if self.state.trust == "model" else (ruled, model)
         chosen = {k: first[k] if first[k] is not None else second[k] for k in ruled}
         self.state.disagreements = [k for k in ruled if None not in (model[k], ruled[k]) and model[k] != ruled[k]]
-        model_guests = (slots.adults + (slots.children or 0)) if slots.adults else None
+        adults = _said_count(slots.adults, text, _ONE_GUEST)
+        model_guests = (adults + (slots.children or 0)) if adults else None
         if model_guests and rules_guests and model_guests != rules_guests:
             self.state.disagreements.append("guests")
         guests = (model_guests or rules_guests) if self.state.trust == "model" else (rules_guests or model_guests)
@@ -351,6 +352,30 @@ def _bare_count(text: str) -> int | None:
     if len(text.split()) > 5 or re.search(r"\d(?:st|nd|rd|th)\b|\brooms?\b", words_to_numbers(text.lower())):
         return None
     return parse_number(text)
+
+
+_ONE_NIGHT = re.compile(r"\b(?:a|one|single) night\b|\btonight\b|\bovernight\b", re.I)
+_ONE_GUEST = re.compile(r"\b(?:just|only) (?:me|myself|one)\b|\balone\b|\bmyself\b|\bsolo\b|\bsingle\b", re.I)
+_TWO = re.compile(r"\b(?:couple|pair|both of us|two of us|(?:wife|husband|partner|friend) and (?:I|me))\b", re.I)
+
+
+def _quoted(said: str | None, text: str) -> str | None:
+    """The model's date words, kept only if the caller said them: every word of them is in the turn."""
+    if not said:
+        return None
+    words = set(re.findall(r"[a-z0-9]+", text.lower()))
+    return said if set(re.findall(r"[a-z0-9]+", said.lower())) <= words else None
+
+
+def _said_count(value: int | None, text: str, one: re.Pattern[str]) -> int | None:
+    """A count the model read, kept only if the caller said that number (digits or words, "a couple", "just
+    me"): a reader must not invent a length of stay or a party size the turn does not carry."""
+    if value is None:
+        return None
+    said = {phrase.value for phrase in number_phrases(text)}
+    if (value == 1 and one.search(text)) or (value == 2 and _TWO.search(text)):
+        said.add(value)
+    return value if value in said else None
 
 
 def _valid_date(said: str | None, today: date) -> date | None:
