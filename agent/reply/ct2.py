@@ -1,10 +1,11 @@
-"""Serving a chat model with CTranslate2: int8 weights on CPU and the fixed part of each prompt cached.
+"""Serving a chat model with CTranslate2 on CPU (float32 or int8 weights), the fixed part of each prompt cached.
 
 torch stays the training engine; a version is exported to CTranslate2's format (`export`) and served by
 `Ct2ChatModel`, which offers what `agent.reply.llm.ChatModel` offers (stream, astream, complete). Measured
-on this project's 2-core machines with SmolLM2-135M (`benchmarks/serving_engines.py`): ~2.2× torch's
-decoding speed on one thread, and a cached prefix (the instructions, the few-shot examples) turns a
-~130-token prefill into the ~30 tokens of the turn itself.
+on this project's 2-core machines with SmolLM2-135M (`benchmarks/serving_engines.py`): a reading in about
+half torch's time on one thread (float32, the same output; int8 is faster again but reads differently), and
+a cached prefix (the instructions, the few-shot examples) turns a ~130-token prefill into the ~30 tokens of
+the turn itself.
 
 Constrained decoding: CTranslate2 takes no per-step token filter, so a constraint is enforced by checking
 each token it proposes: a token the filter allows is kept; the first one it refuses stops the stream,
@@ -65,12 +66,12 @@ class Ct2ChatModel:
         version: str | None = None,
         tokenizer: Any | None = None,
         threads: int | None = None,
-        compute_type: str = "int8",
+        compute_type: str = "float32",
     ) -> None:
         """Serve the export in `ct2_dir` of the model in `hf_dir` (its tokenizer, chat template and EOS ids).
 
         `tokenizer` reuses one already loaded for the same vocabulary; `compute_type` "float32" decodes as
-        torch does (the export tests compare the two), "int8" is the fast default.
+        torch does (the export tests compare the two); "int8" is faster and changes some outputs.
         """
         import ctranslate2
         from transformers import AutoTokenizer
