@@ -181,12 +181,14 @@ def test_the_models_reading_comes_first_where_it_validates_and_disagreements_are
     from agent.understanding.action import ActionSlots, TurnAction
 
     readings = {
-        "We are three, from next Tuesday.": TurnAction(slots=ActionSlots(check_in="next Tuesday", adults=4)),
+        "We are three, four with the baby, from next Tuesday.": TurnAction(
+            slots=ActionSlots(check_in="next Tuesday", adults=4)
+        ),
         "Until the 9th.": TurnAction(slots=ActionSlots(check_out="banana")),  # does not name a date
         "For two nights.": None,  # the model failed: the rules read the turn
     }
     tracker = StayTracker(load_hotel(Settings().hotel_file), date(2019, 3, 1), lambda agent, caller: readings[caller])
-    state = tracker.hear(None, "We are three, from next Tuesday.")
+    state = tracker.hear(None, "We are three, four with the baby, from next Tuesday.")
     assert state["check_in_date"] == "2019-03-05" and state["number_of_adults"] == 4  # the model's 4 over the rules' 3
     assert tracker.state.disagreements == ["guests"]
     state = tracker.hear("When will you leave?", "Until the 9th.")
