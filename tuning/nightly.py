@@ -211,7 +211,7 @@ def _train(settings: Settings, run: NightlyRun, size: CorpusSize, overrides: dic
     if artifact.exists() and not verify_artifact(artifact):
         metrics = json.loads((artifact / "manifest.json").read_text())["metrics"]
         return {"artifact": str(artifact), "metrics": metrics, **started_from}
-    train, heldout, _ = _examples(settings, run)
+    train, heldout, _ = _examples(settings, run, shared_readings_count=settings.tune_reading_examples)
     cfg = tune_config(settings, **{"steps": settings.nightly_steps, **overrides})
     if "eval_every" not in overrides:  # the evaluate step measures the candidate: no periodic evaluation
         cfg = cfg.model_copy(update={"eval_every": cfg.steps})
@@ -347,8 +347,9 @@ def _promote(settings: Settings, registry: ModelRegistry, run: NightlyRun) -> di
 
 
 # ---------------------------------------------------------------------- helpers
-def _examples(settings: Settings, run: NightlyRun) -> tuple[list, list, str]:
-    """(train, held-out) examples from the run's frozen dataset, tokenized for the base model."""
+def _examples(settings: Settings, run: NightlyRun, *, shared_readings_count: int = 0) -> tuple[list, list, str]:
+    """(train, held-out) examples from the run's frozen dataset, tokenized for the base model; the train side
+    gets `shared_readings_count` annotated SGD turns of the reading too."""
     from transformers import AutoTokenizer
 
     from innkeeper.models.resolve import start_model_dir
@@ -360,11 +361,12 @@ def _examples(settings: Settings, run: NightlyRun) -> tuple[list, list, str]:
     held = set(run.output("curate")["held_out"])
     train = build_examples([d for d in dialogues if d.id not in held], tokenizer)
     heldout = build_examples([d for d in dialogues if d.id in held], tokenizer)
-    # The reading is trained beside the wording: corrected turns of the calls, and annotated dialogue-set turns.
+    # Operator-corrected readings of the calls, on the same side of the split as their call.
     readings = [example_from_json(e) for e in _read_json(run.dir / "readings.json") or []]
     train += encode_action_examples([e for e in readings if _call_of(e) not in held], tokenizer)
     heldout += encode_action_examples([e for e in readings if _call_of(e) in held], tokenizer)
-    train += encode_action_examples(shared_readings(settings.shared_data, settings.tune_reading_examples), tokenizer)
+    # The reading is learned beside the wording: annotated dialogue-set turns (only the train step asks).
+    train += encode_action_examples(shared_readings(settings.shared_data, shared_readings_count), tokenizer)
     if len(heldout) >= MIN_HELDOUT_SEQUENCES:
         return train, heldout, f"{len(heldout)} held-out call sequences"
     shared_dev = split_dialogues(load_shared_dialogues(settings.shared_data))["dev"]

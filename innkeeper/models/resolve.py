@@ -29,7 +29,8 @@ def load_chat_model(settings: Settings) -> ChatModel | Ct2ChatModel:
     source: str | Path = settings.llm_model
     if source == "bundled":
         source = bundled_llm_path(settings)
-    return serving_model(settings, resolve_path_or_id(source)[0])
+    # The version is named from what was configured (a hub id, not its snapshot directory's hash).
+    return serving_model(settings, resolve_path_or_id(source)[0], version=model_version(source))
 
 
 def serving_model(settings: Settings, hf_dir: Path, *, version: str | None = None) -> ChatModel | Ct2ChatModel:

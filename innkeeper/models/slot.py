@@ -242,7 +242,6 @@ def main(argv: list[str] | None = None) -> int:
         model = load_version(args.base_dir, args.artifact, version=args.version)
         model.model.save_pretrained(args.out_dir)
         model.tokenizer.save_pretrained(args.out_dir)  # for a serving process that has none to lend
-        model.model.generation_config.save_pretrained(args.out_dir)
         if args.ctranslate2:
             from agent.reply.ct2 import export
 
