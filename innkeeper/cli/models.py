@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from innkeeper.cli.common import cli_settings, console, err_console
+from innkeeper.cli.common import cli_settings, console, one_line_errors
 
 models_app = typer.Typer(
     help="Bundled models: provision and verify (the default). Tuned versions: list, show, promote, rollback."
@@ -54,11 +54,8 @@ def _registry_errors() -> Iterator[None]:
     from innkeeper.core.db.database import DatabaseUnavailable
     from innkeeper.models.registry import RegistryError
 
-    try:
+    with one_line_errors(RegistryError, DatabaseUnavailable):
         yield
-    except (RegistryError, DatabaseUnavailable) as exc:
-        err_console.print(f"[red]{escape(str(exc))}")
-        raise typer.Exit(1) from None
 
 
 def _when(moment: datetime | None, *, utc_suffix: bool = True) -> str:

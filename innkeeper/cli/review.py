@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 
-from innkeeper.cli.common import cli_settings, console, err_console
+from innkeeper.cli.common import cli_settings, console, err_console, one_line_errors
 
 review_app = typer.Typer(help="Operator review: correct the agent's reading of caller turns; list corrections.")
 
@@ -48,11 +48,10 @@ def correct(
     except ValidationError as err:
         err_console.print(f"[red]--action is not a valid TurnAction:[/] {escape(str(err))}")
         raise typer.Exit(2) from None
-    try:
+    from innkeeper.core.db.database import DatabaseUnavailable
+
+    with one_line_errors(NotACallerTurn, ValueError, DatabaseUnavailable):
         record = _corrections().add(call_id, turn, parsed, author=by, reply=reply, note=note)
-    except (NotACallerTurn, ValueError) as err:
-        err_console.print(f"[red]{escape(str(err))}")
-        raise typer.Exit(1) from None
     console.print(f"correction {record.id} stored for call {record.call_id} turn {record.turn_index}")
 
 
@@ -62,7 +61,10 @@ def list_corrections(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """The stored corrections, oldest first."""
-    records = _corrections().list(call_id=call_id)
+    from innkeeper.core.db.database import DatabaseUnavailable
+
+    with one_line_errors(DatabaseUnavailable):
+        records = _corrections().list(call_id=call_id)
     if as_json:
         rows = [
             {
