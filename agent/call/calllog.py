@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from innkeeper.core.db.database import Database
@@ -159,6 +159,34 @@ class CallLog:
         def work(session: Session) -> str | None:
             calls = session.scalars(select(Call).order_by(Call.started_at.desc()).limit(recent))
             return next((c.id for c in calls if (c.meta or {}).get(meta_key) == value), None)
+
+        return self._db.transact(work, write=False)
+
+    def search(
+        self,
+        *,
+        text: str = "",
+        since: datetime | None = None,
+        end_reason: str | None = None,
+        flagged: bool = False,
+        limit: int = 100,
+    ) -> list[CallSummary]:
+        """The newest calls first (for the dashboard): optionally only those whose caller number or any turn
+        contains `text`, that started after `since`, ended for `end_reason`, or have a flagged turn."""
+
+        def work(session: Session) -> list[CallSummary]:
+            query = select(Call).order_by(Call.started_at.desc()).limit(limit)
+            if text.strip():
+                pattern = f"%{text.strip()}%"
+                in_turns = select(Turn.call_id).where(Turn.text.ilike(pattern))
+                query = query.where(or_(Call.caller_number.ilike(pattern), Call.id.in_(in_turns)))
+            if since is not None:
+                query = query.where(Call.started_at >= since)
+            if end_reason:
+                query = query.where(Call.end_reason == end_reason)
+            if flagged:
+                query = query.where(Call.id.in_(select(Turn.call_id).where(Turn.flagged)))
+            return [_summary(call) for call in session.scalars(query)]
 
         return self._db.transact(work, write=False)
 

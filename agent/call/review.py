@@ -19,6 +19,21 @@ from agent.understanding.action import TurnAction
 from innkeeper.core.db.database import Database
 from innkeeper.core.db.schema import Correction, Turn
 
+# Whisper's average log-probability below this: the words heard may not be the words said.
+LOW_ASR_CONFIDENCE = -0.8
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    """A caller turn worth an operator's look, and why."""
+
+    call_id: str
+    turn_index: int
+    caller_text: str
+    agent_text: str
+    reasons: tuple[str, ...]
+    at: datetime
+
 
 class NotACallerTurn(LookupError):
     """The correction names no caller turn of the log (no such call or turn, or an agent turn)."""
@@ -83,6 +98,59 @@ class Corrections:
             return [_record(row, turn) for row, turn in session.execute(query)]
 
         return self._db.transact(work, write=False)
+
+
+def review_queue(db: Database, *, recent_turns: int = 4000, limit: int = 100) -> list[ReviewItem]:
+    """Uncorrected caller turns, newest first, where the agent may have misread the caller: the model's reading
+    and the rules disagreed, the turn or its reply was flagged, the words were heard with low confidence, or
+    the reply handed the call to a person. Looks at the latest `recent_turns` turns (the queue is for today's
+    work, not an archive)."""
+
+    def work(session: Session) -> list[ReviewItem]:
+        corrected = set(session.scalars(select(Correction.turn_id)))
+        turns = list(session.scalars(select(Turn).order_by(Turn.id.desc()).limit(recent_turns)))
+        by_position = {(t.call_id, t.index): t for t in turns}
+        items = []
+        for turn in turns:
+            if turn.role != "caller" or turn.id in corrected:
+                continue
+            reply = by_position.get((turn.call_id, turn.index + 1))
+            reasons = _review_reasons(turn, reply if reply is not None and reply.role == "agent" else None)
+            if reasons:
+                agent_text = reply.text if reply is not None else ""
+                items.append(ReviewItem(turn.call_id, turn.index, turn.text, agent_text, reasons, turn.started_at))
+            if len(items) >= limit:
+                break
+        return items
+
+    return db.transact(work, write=False)
+
+
+def _review_reasons(caller: Turn, reply: Turn | None) -> tuple[str, ...]:
+    reasons = []
+    logprob = (caller.latencies or {}).get("asr_avg_logprob")
+    if logprob is not None and logprob < LOW_ASR_CONFIDENCE:
+        reasons.append(f"heard with low confidence ({logprob:.2f})")
+    if caller.flagged or (reply is not None and reply.flagged):
+        reasons.append("flagged")
+    meta = _meta(reply)
+    if meta.get("disagreements"):
+        reasons.append("model and rules disagreed: " + ", ".join(meta["disagreements"]))
+    if meta.get("act") == "transfer":
+        reasons.append("handed to a person")
+    elif meta.get("act") == "no_information":
+        reasons.append("the hotel's facts had no answer")
+    if reply is not None and "didn't catch that" in reply.text:
+        reasons.append("the agent asked again")
+    return tuple(reasons)
+
+
+def _meta(turn: Turn | None) -> dict[str, Any]:
+    """The agent turn's meta (the last tool-call entry written by the conversation)."""
+    for entry in (turn.tool_calls or []) if turn is not None else []:
+        if isinstance(entry, dict) and "meta" in entry:
+            return dict(entry["meta"])
+    return {}
 
 
 def _record(row: Correction, turn: Turn) -> CorrectionRecord:

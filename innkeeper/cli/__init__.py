@@ -14,6 +14,7 @@ from innkeeper.cli.evaluate import eval_app
 from innkeeper.cli.models import models_app
 from innkeeper.cli.review import review_app
 from innkeeper.cli.tuning import data_app, tune_app
+from innkeeper.cli.users import users_app
 
 app = typer.Typer(help="Innkeeper: a self-hosted voice agent for hotels.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -23,5 +24,6 @@ app.add_typer(data_app, name="data")
 app.add_typer(tune_app, name="tune")
 app.add_typer(eval_app, name="eval")
 app.add_typer(review_app, name="review")
+app.add_typer(users_app, name="users")
 for command in (chat, demo, serve, call):
     app.command()(command)

@@ -197,7 +197,18 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(
         default=None,
         description="Bearer token for /admin/models (promote, rollback, list) and /api/calls (call records: the "
-        "caller's name and number); unset = both disabled (403).",
+        "caller's name and number) for scripts, acting as an admin; unset = only signed-in staff (innkeeper users).",
+    )
+
+    # The operator dashboard (innkeeper/serve/web/) and its sign-in (innkeeper/core/accounts.py).
+    session_hours: float = Field(default=12.0, gt=0, description="A dashboard sign-in lasts this long.")
+    login_attempts: int = Field(
+        default=5, ge=1, description="Failed sign-ins allowed per user name and per client address in 15 minutes."
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins (scheme://host:port) besides the server's own that may open /ws/call from a browser "
+        "and post to the dashboard.",
     )
 
     # The nightly job (tuning/nightly.py) and its promotion gate (tuning/gate.py).

@@ -30,7 +30,7 @@ from innkeeper.core.db.database import DatabaseUnavailable
 from innkeeper.core.settings import Settings
 from innkeeper.models.registry import ModelRegistry, ModelVersion, RegistryError
 from innkeeper.models.slot import ModelLoadError, SwapInProgress, SwapResult, load_version_beside_calls
-from innkeeper.serve.auth import install_refusals, require_token
+from innkeeper.serve.auth import AdminOnly, Principal, install_refusals, require
 from innkeeper.serve.runtime import AgentRuntime
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ class ModelAdmin:
         return asyncio.get_running_loop().create_task(self.poll(), name="model-registry-poll")
 
     # ------------------------------------------------------------------ admin operations
-    async def promote(self, version_id: str) -> SwapResult:
+    async def promote(self, version_id: str, *, actor: str = ACTOR, reason: str = "") -> SwapResult:
         """Promote `version_id` in the registry and serve it from the next turn on."""
         registry = self._require_registry()
         async with self._lock:
@@ -147,17 +147,17 @@ class ModelAdmin:
                 raise AdminError(404, str(err)) from None
             except _DB_ERRORS as err:
                 raise AdminError(503, f"the model registry is unreadable: {err}") from None
-            version = await _registry_call(registry.promote, version_id, actor=ACTOR)
+            version = await _registry_call(registry.promote, version_id, actor=actor[:32], reason=reason)
             if version.id == self.serving_id and self.slot.current is not None:
                 self.error = None
                 return SwapResult(self.slot.version, self.slot.version, load_s=0.0, pause_ms=0.0, reused=True)
             return await self._swap(version, acknowledged=True)
 
-    async def rollback(self) -> SwapResult:
+    async def rollback(self, *, actor: str = ACTOR, reason: str = "") -> SwapResult:
         """Roll the registry back and serve what it serves then (the base when nothing is promoted)."""
         registry = self._require_registry()
         async with self._lock:
-            version = await _registry_call(registry.rollback, actor=ACTOR)
+            version = await _registry_call(registry.rollback, actor=actor[:32], reason=reason)
             return await self._swap(version, acknowledged=True)
 
     def status(self) -> dict[str, Any]:
@@ -287,9 +287,9 @@ async def _registry_call(change: Callable[..., Any], *args: Any, **kwargs: Any) 
 
 def admin_router(settings: Settings) -> APIRouter:
     """The /admin/models endpoints; the server keeps its `ModelAdmin` in `app.state.model_admin`."""
-    router = APIRouter(prefix="/admin/models", dependencies=[Depends(require_token(settings))])
+    router = APIRouter(prefix="/admin/models")
 
-    @router.get("")
+    @router.get("", dependencies=[Depends(require("admin"))])
     async def list_models(request: Request) -> JSONResponse:
         admin: ModelAdmin = request.app.state.model_admin
         try:
@@ -299,14 +299,15 @@ def admin_router(settings: Settings) -> APIRouter:
         return JSONResponse({"serving": admin.status(), "versions": versions})
 
     @router.post("/rollback")
-    async def rollback(request: Request) -> JSONResponse:
+    async def rollback(request: Request, principal: AdminOnly) -> JSONResponse:
         admin: ModelAdmin = request.app.state.model_admin
-        return await _answer(admin, admin.rollback())
+        return await _answer(admin, admin.rollback(actor=principal.name), request, principal, "model.rollback", "")
 
     @router.post("/{version_id}/promote")
-    async def promote(version_id: str, request: Request) -> JSONResponse:
+    async def promote(version_id: str, request: Request, principal: AdminOnly) -> JSONResponse:
         admin: ModelAdmin = request.app.state.model_admin
-        return await _answer(admin, admin.promote(version_id))
+        operation = admin.promote(version_id, actor=principal.name)
+        return await _answer(admin, operation, request, principal, "model.promote", version_id)
 
     return router
 
@@ -317,11 +318,16 @@ def install_admin(app: Any, settings: Settings) -> None:
     install_refusals(app)
 
 
-async def _answer(admin: ModelAdmin, operation: Any) -> JSONResponse:
+async def _answer(
+    admin: ModelAdmin, operation: Any, request: Request, principal: Principal, action: str, target: str
+) -> JSONResponse:
     try:
         result: SwapResult = await operation
     except AdminError as err:
         return _error(err, admin)
+    await asyncio.to_thread(
+        request.app.state.audit.record, principal.name, action, target, serving=result.version, via="api"
+    )
     return JSONResponse({"serving": admin.status(), "swap": asdict(result)})
 
 

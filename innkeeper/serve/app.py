@@ -6,7 +6,11 @@
     GET  /api/calls/{id}   a call's record: transcript, per-turn timings, audio files
     GET  /api/calls?call_sid=CA…   the same, found by Twilio's call id
     GET  /healthz          liveness, live calls, the serving model (and the last refused one)
+    GET  /metrics          Prometheus: calls, turns, voice-to-voice latency, errors, model version
     /admin/models/...      promote, roll back, list model versions (innkeeper/serve/admin.py)
+    /login, /calls, /review, /bookings, /models, /audit   the operator dashboard (innkeeper/serve/web/)
+
+`/api/*`, `/admin/*` and the dashboard need a signed-in user or the admin bearer token (serve/auth.py).
 
 Models load once at start-up (`lifespan`), verified; each call gets a cheap `VoiceCall`. With an LLM, the
 model registry's serving version loads at start-up and is polled for; a new one swaps in between turns.
@@ -20,19 +24,24 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
+from datetime import timedelta
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket
 from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from agent.call.calllog import CallNotFound
 from agent.call.voice_config import SpeechModels
+from innkeeper.core.accounts import Accounts
+from innkeeper.core.audit import AuditLog
 from innkeeper.core.settings import Settings
 from innkeeper.serve.admin import ModelAdmin, install_admin
-from innkeeper.serve.auth import require_token
+from innkeeper.serve.auth import require
 from innkeeper.serve.calls import CallServices, serve_plain, serve_twilio
 from innkeeper.serve.runtime import AgentRuntime
 from innkeeper.serve.speech import load_speech_models
+from innkeeper.serve.web import install_web
 from telephony import plain_protocol, twilio_protocol
 
 log = logging.getLogger(__name__)
@@ -56,6 +65,8 @@ def create_app(
         )
         await admin.startup()
         app.state.model_admin = admin
+        app.state.accounts = Accounts(agent.db, session_lifetime=timedelta(hours=settings.session_hours))
+        app.state.audit = AuditLog(agent.db)
         speech = models or await asyncio.to_thread(load_speech_models, settings)
         admin.also_busy += [lambda: speech.recognizer.busy, lambda: speech.synthesizer.busy]
         app.state.services = CallServices(runtime=agent, models=speech)
@@ -68,7 +79,9 @@ def create_app(
             await call.hang_up("server shutdown")
 
     app = FastAPI(title="Innkeeper", lifespan=lifespan)
+    app.state.settings = settings
     install_admin(app, settings)
+    install_web(app, settings)
 
     @app.get("/healthz")
     async def healthz(request: Request) -> dict[str, Any]:
@@ -83,6 +96,13 @@ def create_app(
             "model_version": llm.version if llm is not None else "template",
             "model_error": request.app.state.model_admin.error,
         }
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        services: CallServices = request.app.state.services
+        llm = services.runtime.llm
+        body = services.metrics.exposition(llm.version if llm is not None else "template")
+        return Response(content=body, media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/twilio/voice")
     async def twilio_voice(request: Request) -> Response:
@@ -106,12 +126,12 @@ def create_app(
     async def plain_call(ws: WebSocket) -> None:
         await serve_plain(ws, ws.app.state.services)
 
-    # A call record holds the caller's name and number: only for the token's holder (innkeeper/serve/auth.py).
-    @app.get("/api/calls/{call_id}", dependencies=[Depends(require_token(settings))])
+    # A call record holds the caller's name and number: only for staff and scripts (innkeeper/serve/auth.py).
+    @app.get("/api/calls/{call_id}", dependencies=[Depends(require())])
     async def call_record(call_id: str, request: Request) -> dict[str, Any]:
         return await _call_record(request.app.state.services, call_id)
 
-    @app.get("/api/calls", dependencies=[Depends(require_token(settings))])
+    @app.get("/api/calls", dependencies=[Depends(require())])
     async def call_by_sid(call_sid: str, request: Request) -> dict[str, Any]:
         services: CallServices = request.app.state.services
         call_id = await asyncio.to_thread(services.runtime.call_log.find_call, "call_sid", call_sid)

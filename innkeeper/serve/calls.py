@@ -19,6 +19,8 @@ from agent.call.conversation import DB_ERRORS
 from agent.call.recorder import CallRecorder
 from agent.call.voice import VoiceCall
 from agent.call.voice_config import SpeechModels
+from innkeeper.serve.auth import Refused, check_origin
+from innkeeper.serve.metrics import ServerMetrics
 from innkeeper.serve.runtime import AgentRuntime
 from telephony import plain_protocol as plain
 from telephony import twilio_protocol as twilio
@@ -37,6 +39,10 @@ class CallServices:
     models: SpeechModels
     active: dict[str, VoiceCall] = field(default_factory=dict)
     rejected_messages: int = 0  # malformed, unknown or misplaced messages, all calls (health endpoint)
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
+
+    def __post_init__(self) -> None:
+        self.metrics.calls_active.set_function(lambda: len(self.active))
 
 
 async def serve_twilio(ws: WebSocket, services: CallServices) -> None:
@@ -111,6 +117,12 @@ async def _start_twilio_call(start: twilio.StartMessage, sender: WebSocketSender
 
 async def serve_plain(ws: WebSocket, services: CallServices) -> None:
     """One call on the plain protocol (telephony/PROTOCOL.md)."""
+    try:  # a page on another site must not place calls with a visitor's browser
+        check_origin(ws, services.runtime.settings)
+    except Refused as refused:
+        log.warning("plain call refused: %s", refused)
+        await ws.close(code=1008, reason=str(refused)[:120])
+        return
     await ws.accept()
     sender = WebSocketSender(ws)
     transport = PlainTransport(sender)
@@ -226,13 +238,31 @@ async def _end(call: VoiceCall | None, sender: WebSocketSender, services: CallSe
                 await asyncio.to_thread(
                     services.runtime.call_log.update_meta, call.conversation.call_id, voice_events=call.events
                 )
+            await _count(call, services)
         except Exception:  # never let one call's cleanup take the server down
+            services.metrics.errors.labels("call_cleanup").inc()
             log.exception("call %s: cleanup failed", call.conversation.call_id)
         finally:
             services.active.pop(call.conversation.planned_call_id, None)
     await sender.close(CLOSE_NORMAL)
 
 
+async def _count(call: VoiceCall, services: CallServices) -> None:
+    """The ended call's turns and latencies into the metrics, from its record (nothing when it has none)."""
+    if call.conversation.call_id is None:
+        return
+    call_log = services.runtime.call_log
+    try:
+        summary = await asyncio.to_thread(call_log.call_summary, call.conversation.call_id)
+        turns = await asyncio.to_thread(call_log.transcript, call.conversation.call_id)
+    except DB_ERRORS:
+        services.metrics.errors.labels("call_log").inc()
+        return
+    barge_ins = sum(1 for event in call.events if event.get("event") == "barge_in")
+    services.metrics.call_ended(summary.channel, summary.end_reason, turns, barge_ins)
+
+
 def _reject(services: CallServices, reason: str) -> None:
     services.rejected_messages += 1
+    services.metrics.rejected_messages.inc()
     log.warning("%s", reason)

@@ -1,0 +1,382 @@
+"""The operator dashboard's pages: sign-in, calls, review, bookings, models and the audit log.
+
+Server-rendered (Jinja2) with htmx for in-place updates; every page needs a signed-in user and every
+state change a CSRF token (`innkeeper/serve/auth.py`), and is written to the audit log with its author.
+Work that touches the database runs in a worker thread, never on the event loop the calls share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, time
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
+
+from agent.call.calllog import CallNotFound, CallSummary, TurnRecord
+from agent.call.review import Corrections, NotACallerTurn, review_queue
+from agent.dialogue.tools import ToolError
+from agent.understanding.action import ActionIntent, ActionSlots, TurnAction
+from innkeeper.core.accounts import Accounts
+from innkeeper.core.audit import AuditLog
+from innkeeper.core.settings import Settings
+from innkeeper.serve.admin import AdminError
+from innkeeper.serve.auth import (
+    CSRF_FIELD,
+    SESSION_COOKIE,
+    AdminOnly,
+    LoginThrottle,
+    Principal,
+    Refused,
+    Staff,
+    check_origin,
+)
+
+TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
+AUDIO_LEGS = ("caller", "agent")
+SLOT_FIELDS = tuple(ActionSlots.model_fields)
+NUMBER_SLOTS = frozenset({"nights", "adults", "children"})
+
+
+def web_router(settings: Settings) -> APIRouter:
+    """Every dashboard route; the server keeps accounts, audit log and services in `app.state`."""
+    router = APIRouter(include_in_schema=False)
+    throttle = LoginThrottle(settings.login_attempts)
+
+    # ------------------------------------------------------------------ sign-in
+    @router.get("/login", response_class=HTMLResponse)
+    async def login_page(request: Request, next: str = "/calls") -> Response:
+        return _render(request, "login.html", None, next=_safe_next(next), error=None)
+
+    @router.post("/login")
+    async def login(
+        request: Request,
+        username: Annotated[str, Form()] = "",
+        password: Annotated[str, Form()] = "",
+        next: Annotated[str, Form()] = "/calls",
+    ) -> Response:
+        check_origin(request, settings)
+        client = request.client.host if request.client else "unknown"
+        keys = (f"user:{username.strip().lower()}", f"address:{client}")
+        throttle.check(*keys)
+        accounts: Accounts = request.app.state.accounts
+        account = await asyncio.to_thread(accounts.verify, username, password)
+        if account is None:
+            throttle.failed(*keys)
+            await _audit(request, username.strip().lower()[:64] or "?", "sign_in.failed", address=client)
+            page = _render(request, "login.html", None, next=_safe_next(next), error="Wrong user name or password.")
+            page.status_code = 401
+            return page
+        throttle.succeeded(keys[0])
+        token, _ = await asyncio.to_thread(accounts.open_session, account)
+        await _audit(request, account.username, "sign_in", address=client)
+        response = RedirectResponse(_safe_next(next), status_code=303)
+        response.set_cookie(
+            SESSION_COOKIE,
+            token,
+            max_age=int(settings.session_hours * 3600),
+            httponly=True,
+            samesite="strict",
+            secure=_behind_tls(request),
+        )
+        return response
+
+    @router.post("/logout")
+    async def logout(request: Request, principal: Staff) -> Response:
+        token = request.cookies.get(SESSION_COOKIE)
+        if token:
+            await asyncio.to_thread(request.app.state.accounts.close_session, token)
+        await _audit(request, principal.name, "sign_out")
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(SESSION_COOKIE)
+        return response
+
+    @router.get("/")
+    async def home() -> Response:
+        return RedirectResponse("/calls", status_code=303)
+
+    # ------------------------------------------------------------------ calls
+    @router.get("/calls", response_class=HTMLResponse)
+    async def calls(
+        request: Request,
+        principal: Staff,
+        q: str = "",
+        since: str = "",
+        reason: str = "",
+        flagged: bool = False,
+    ) -> Response:
+        call_log = _services(request).runtime.call_log
+        found = await asyncio.to_thread(
+            call_log.search, text=q, since=_parse_day(since), end_reason=reason or None, flagged=flagged
+        )
+        live = [
+            {"id": call_id, "channel": call.conversation.channel, "turns": len(call.conversation.history) // 2}
+            for call_id, call in list(_services(request).active.items())
+        ]
+        filters = {"q": q, "since": since, "reason": reason, "flagged": flagged}
+        return _render(request, "calls.html", principal, calls=found, live=live, filters=filters)
+
+    @router.get("/calls/{call_id}", response_class=HTMLResponse)
+    async def call_page(call_id: str, request: Request, principal: Staff) -> Response:
+        summary, turns = await _call(request, call_id)
+        corrections = await asyncio.to_thread(Corrections(_services(request).runtime.db).list, call_id=call_id)
+        audio = {leg: _audio_path(summary, leg, settings) is not None for leg in AUDIO_LEGS}
+        return _render(
+            request,
+            "call.html",
+            principal,
+            call=summary,
+            turns=[_turn_view(turn, summary) for turn in turns],
+            corrections={c.turn_index: c for c in corrections},
+            audio=audio,
+            intents=[intent.value for intent in ActionIntent],
+            slot_fields=SLOT_FIELDS,
+        )
+
+    @router.get("/calls/{call_id}/audio/{leg}")
+    async def call_audio(call_id: str, leg: str, request: Request, _: Staff) -> Response:
+        summary, _turns = await _call(request, call_id)
+        path = _audio_path(summary, leg, settings)
+        if path is None:
+            raise HTTPException(404, f"no {leg} audio for call {call_id}")
+        return FileResponse(path, media_type="audio/wav")
+
+    @router.post("/calls/{call_id}/training")
+    async def call_training(
+        call_id: str, request: Request, include: Annotated[str, Form()], principal: Staff
+    ) -> Response:
+        included = include == "yes"
+        try:
+            await asyncio.to_thread(_services(request).runtime.call_log.set_training, call_id, included)
+        except CallNotFound:
+            raise HTTPException(404, f"no call {call_id!r}") from None
+        await _audit(request, principal.name, "call.training", call_id, included=included)
+        return RedirectResponse(f"/calls/{quote(call_id)}", status_code=303)
+
+    @router.post("/calls/{call_id}/turns/{index}/correction")
+    async def correct_turn(call_id: str, index: int, request: Request, principal: Staff) -> Response:
+        form = await request.form()
+        try:
+            action = _action_from_form(form)
+        except ValidationError as err:
+            raise HTTPException(422, f"not a valid reading: {err.errors()[0]['msg']}") from None
+        reply = str(form.get("reply", "")).strip() or None
+        note = str(form.get("note", "")).strip()
+        corrections = Corrections(_services(request).runtime.db)
+        try:
+            record = await asyncio.to_thread(
+                corrections.add, call_id, index, action, author=principal.name, reply=reply, note=note
+            )
+        except NotACallerTurn as err:
+            raise HTTPException(404, str(err)) from None
+        await _audit(request, principal.name, "review.correct", f"{call_id}#{index}", correction=record.id)
+        return RedirectResponse(f"/calls/{quote(call_id)}#turn-{index}", status_code=303)
+
+    # ------------------------------------------------------------------ review
+    @router.get("/review", response_class=HTMLResponse)
+    async def review(request: Request, principal: Staff) -> Response:
+        items = await asyncio.to_thread(review_queue, _services(request).runtime.db)
+        return _render(request, "review.html", principal, items=items)
+
+    # ------------------------------------------------------------------ bookings
+    @router.get("/bookings", response_class=HTMLResponse)
+    async def bookings(request: Request, principal: Staff, status: str = "", q: str = "") -> Response:
+        every = await asyncio.to_thread(_services(request).runtime.tools.list_bookings)
+        needle = q.strip().lower()
+        shown = [
+            b
+            for b in every
+            if (not status or b.status == status)
+            and (not needle or needle in f"{b.code} {b.first_name} {b.last_name}".lower())
+        ]
+        return _render(request, "bookings.html", principal, bookings=shown, filters={"status": status, "q": q})
+
+    @router.post("/bookings/{code}/cancel")
+    async def cancel_booking(
+        code: str, request: Request, principal: Staff, reason: Annotated[str, Form()] = ""
+    ) -> Response:
+        if not reason.strip():
+            raise HTTPException(422, "a cancellation needs a reason")
+        tools = _services(request).runtime.tools
+        every = await asyncio.to_thread(tools.list_bookings)
+        booking = next((b for b in every if b.code == code.upper()), None)
+        if booking is None:
+            raise HTTPException(404, f"no booking {code!r}")
+        try:
+            await asyncio.to_thread(tools.cancel_booking, booking.code, booking.last_name)
+        except ToolError as err:
+            raise HTTPException(409, str(err)) from None
+        await _audit(request, principal.name, "booking.cancel", booking.code, reason=reason.strip())
+        return RedirectResponse("/bookings", status_code=303)
+
+    # ------------------------------------------------------------------ models (admins change them)
+    @router.get("/models", response_class=HTMLResponse)
+    async def models(request: Request, principal: Staff) -> Response:
+        model_admin = request.app.state.model_admin
+        try:
+            versions = await model_admin.versions()
+            error = None
+        except Exception as err:
+            versions, error = [], str(err)
+        return _render(request, "models.html", principal, versions=versions, serving=model_admin.status(), error=error)
+
+    @router.post("/models/{version_id}/promote")
+    async def promote(
+        version_id: str,
+        request: Request,
+        principal: AdminOnly,
+        password: Annotated[str, Form()] = "",
+        reason: Annotated[str, Form()] = "",
+    ) -> Response:
+        await _reauthenticate(request, principal, password)
+        return await _model_change(
+            request,
+            principal,
+            "model.promote",
+            version_id,
+            reason,
+            request.app.state.model_admin.promote(version_id, actor=principal.name, reason=reason),
+        )
+
+    @router.post("/models/rollback")
+    async def rollback(
+        request: Request,
+        principal: AdminOnly,
+        password: Annotated[str, Form()] = "",
+        reason: Annotated[str, Form()] = "",
+    ) -> Response:
+        await _reauthenticate(request, principal, password)
+        return await _model_change(
+            request,
+            principal,
+            "model.rollback",
+            "",
+            reason,
+            request.app.state.model_admin.rollback(actor=principal.name, reason=reason),
+        )
+
+    # ------------------------------------------------------------------ audit
+    @router.get("/audit", response_class=HTMLResponse)
+    async def audit(request: Request, principal: Staff) -> Response:
+        entries = await asyncio.to_thread(request.app.state.audit.recent)
+        return _render(request, "audit.html", principal, entries=entries)
+
+    return router
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _render(request: Request, name: str, principal: Principal | None, **context: Any) -> HTMLResponse:
+    return TEMPLATES.TemplateResponse(
+        request,
+        name,
+        {"user": principal, "csrf_field": CSRF_FIELD, "csrf": principal.csrf_token if principal else "", **context},
+    )
+
+
+def _services(request: Request) -> Any:
+    return request.app.state.services
+
+
+async def _audit(request: Request, actor: str, action: str, target: str = "", **detail: Any) -> None:
+    log: AuditLog = request.app.state.audit
+    await asyncio.to_thread(log.record, actor, action, target, **detail)
+
+
+async def _call(request: Request, call_id: str) -> tuple[CallSummary, list[TurnRecord]]:
+    call_log = _services(request).runtime.call_log
+    try:
+        summary = await asyncio.to_thread(call_log.call_summary, call_id)
+        turns = await asyncio.to_thread(call_log.transcript, call_id)
+    except CallNotFound:
+        raise HTTPException(404, f"no call {call_id!r}") from None
+    return summary, turns
+
+
+def _turn_view(turn: TurnRecord, call: CallSummary) -> dict[str, Any]:
+    """A turn as the transcript shows it: offset into the call, latency, who worded it, what was understood."""
+    meta: dict[str, Any] = {}
+    tools = []
+    for entry in turn.tool_calls or []:
+        if isinstance(entry, dict) and "meta" in entry:
+            meta = dict(entry["meta"])
+        else:
+            tools.append(entry)
+    latencies = turn.latencies or {}
+    return {
+        "record": turn,
+        "offset_s": (turn.started_at - call.started_at).total_seconds(),
+        "v2v_ms": latencies.get("v2v_server_ms"),
+        "asr_logprob": latencies.get("asr_avg_logprob"),
+        "meta": meta,
+        "tools": tools,
+    }
+
+
+def _audio_path(call: CallSummary, leg: str, settings: Settings) -> Path | None:
+    """The leg's WAV when it exists inside the recordings folder (a path in the database is not trusted)."""
+    if leg not in AUDIO_LEGS:
+        return None
+    stored = call.caller_audio_path if leg == "caller" else call.agent_audio_path
+    if not stored:
+        return None
+    path = Path(stored).resolve()
+    if not path.is_relative_to(settings.calls_dir.resolve()) or not path.is_file():
+        return None
+    return path
+
+
+def _action_from_form(form: Any) -> TurnAction:
+    """The corrected reading from the review form: intent checkboxes, slot fields, questions one per line."""
+    slots: dict[str, Any] = {}
+    for name in SLOT_FIELDS:
+        value = str(form.get(f"slot_{name}", "")).strip()
+        if value:
+            slots[name] = int(value) if name in NUMBER_SLOTS and value.isdigit() else value
+    questions = [line.strip() for line in str(form.get("questions", "")).splitlines() if line.strip()]
+    return TurnAction.model_validate({"intents": form.getlist("intents"), "slots": slots, "questions": questions})
+
+
+async def _reauthenticate(request: Request, principal: Principal, password: str) -> None:
+    """Model changes need the admin's password again (a signed-in browser left open is not enough)."""
+    if principal.csrf_token is None:
+        raise Refused(403, "scripts change models through /admin/models")
+    account = await asyncio.to_thread(request.app.state.accounts.verify, principal.name, password)
+    if account is None:
+        await _audit(request, principal.name, "reauthenticate.failed")
+        raise Refused(403, "wrong password")
+
+
+async def _model_change(
+    request: Request, principal: Principal, action: str, target: str, reason: str, operation: Any
+) -> Response:
+    try:
+        result = await operation
+    except AdminError as err:
+        raise HTTPException(err.status, str(err)) from None
+    await _audit(request, principal.name, action, target, serving=result.version, reason=reason)
+    return RedirectResponse("/models", status_code=303)
+
+
+def _parse_day(day: str) -> datetime | None:
+    if not day.strip():
+        return None
+    try:
+        return datetime.combine(datetime.strptime(day.strip(), "%Y-%m-%d").date(), time(), tzinfo=UTC)
+    except ValueError:
+        raise HTTPException(422, f"since: expected YYYY-MM-DD, got {day!r}") from None
+
+
+def _safe_next(target: str) -> str:
+    """Only a path on this server (never //evil.example or a full URL) after signing in."""
+    return target if target.startswith("/") and not target.startswith("//") else "/calls"
+
+
+def _behind_tls(request: Request) -> bool:
+    return request.url.scheme == "https" or request.headers.get("X-Forwarded-Proto") == "https"

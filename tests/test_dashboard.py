@@ -1,0 +1,288 @@
+"""The operator dashboard over HTTP against a live server on a real database (SQLite; PostgreSQL in CI):
+sign-in, roles, CSRF and Origin checks on every state change, and the operator's work — a call's transcript,
+a correction that becomes a training example, a call excluded from training, a booking cancelled — each in
+the audit log with its author. The browser-driven journey is in test_dashboard_browser.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import date, timedelta
+from types import SimpleNamespace
+
+import pytest
+import requests
+
+from agent.call.review import Corrections, review_queue
+from innkeeper.core.accounts import AccountError, Accounts
+from innkeeper.core.audit import AuditLog
+from innkeeper.core.settings import Settings
+from innkeeper.serve.app import create_app
+from innkeeper.serve.runtime import AgentRuntime
+from tests.conftest import serving
+
+PASSWORD = "correct horse battery"
+TODAY = date(2026, 11, 26)
+BOOKING_CALL = ["Hi, I'd like a room for two nights from December 7.", "Two adults.", "The deluxe king.",
+                "Ana Diaz.", "207 555 0199", "Yes, book it.", "No, that's all, bye."]  # fmt: skip
+# Every route that changes something, with a form that would be accepted (call id and code filled in).
+STATE_CHANGES = [
+    ("/calls/{call}/training", {"include": "no"}),
+    ("/calls/{call}/turns/0/correction", {"intents": "book", "slot_nights": "2"}),
+    ("/bookings/{code}/cancel", {"reason": "guest phoned the front desk"}),
+    ("/models/v0001/promote", {"password": PASSWORD, "reason": "test"}),
+    ("/models/rollback", {"password": PASSWORD, "reason": "test"}),
+    ("/logout", {}),
+]
+PAGES = ["/calls", "/calls/{call}", "/review", "/bookings", "/models", "/audit"]
+
+
+class StubSpeech:
+    """The dashboard takes no voice call here: speech models that are never idle-checked beyond `busy`."""
+
+    recognizer = synthesizer = SimpleNamespace(busy=False)
+
+
+@pytest.fixture
+def dashboard(tmp_path, db):
+    """A live server with an admin and an operator, and one text call that booked a room."""
+    settings = Settings(home=tmp_path, today=TODAY, database_url=db.engine.url.render_as_string(False),
+                        llm_model="none", registry_poll_s=0)  # fmt: skip
+    runtime = AgentRuntime(settings, llm=None, db=db)
+    accounts = Accounts(db)
+    accounts.add("alice", PASSWORD, "admin")
+    accounts.add("oscar", PASSWORD, "operator")
+    call_id = asyncio.run(_place_call(runtime, BOOKING_CALL))
+    code = runtime.tools.list_bookings()[0].code
+    with serving(create_app(settings, runtime=runtime, models=StubSpeech())) as host:
+        yield SimpleNamespace(url=f"http://{host}", db=db, runtime=runtime, call=call_id, code=code, host=host)
+
+
+async def _place_call(runtime: AgentRuntime, lines: list[str]) -> str:
+    convo = runtime.new_conversation(caller_number="+12075550199")
+    await convo.start()
+    for line in lines:
+        if convo.ended:
+            break
+        await convo.reply(line)
+    await convo.close()
+    return convo.call_id
+
+
+def sign_in(server, username: str, password: str = PASSWORD) -> tuple[requests.Session, str]:
+    """A signed-in browser-like session and its CSRF token (read from a page, as a browser would)."""
+    session = requests.Session()
+    answer = session.post(f"{server.url}/login", data={"username": username, "password": password, "next": "/calls"})
+    assert answer.status_code == 200 and answer.url.endswith("/calls"), answer.text[:300]
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', answer.text).group(1)
+    return session, csrf
+
+
+def fill(path: str, server) -> str:
+    return path.format(call=server.call, code=server.code)
+
+
+def test_nothing_is_shown_or_changed_without_signing_in(dashboard):
+    anonymous = requests.Session()
+    for page in PAGES:
+        answer = anonymous.get(dashboard.url + fill(page, dashboard), headers={"Accept": "text/html"})
+        assert answer.url.startswith(f"{dashboard.url}/login"), page  # redirected to sign in
+        assert "Ana" not in answer.text and "Diaz" not in answer.text
+    for path, form in STATE_CHANGES:
+        answer = anonymous.post(dashboard.url + fill(path, dashboard), data=form, allow_redirects=False)
+        assert answer.status_code == 401, path
+    api = anonymous.get(f"{dashboard.url}/api/calls/{dashboard.call}")
+    assert api.status_code == 401 and "Diaz" not in api.text
+    assert anonymous.get(f"{dashboard.url}/admin/models").status_code == 401
+    assert anonymous.get(f"{dashboard.url}/calls/{dashboard.call}/audio/caller").status_code == 401
+    # and nothing changed
+    assert dashboard.runtime.call_log.call_summary(dashboard.call).training == "included"
+    assert dashboard.runtime.tools.list_bookings()[0].status == "confirmed"
+
+
+def test_sign_in_cookie_is_httponly_and_strict_and_wrong_passwords_are_throttled(dashboard):
+    answer = requests.post(
+        f"{dashboard.url}/login", data={"username": "oscar", "password": PASSWORD}, allow_redirects=False
+    )
+    assert answer.status_code == 303
+    cookie = answer.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "secure" not in cookie  # plain http here
+    # a redirect after signing in stays on this server
+    other = requests.post(
+        f"{dashboard.url}/login",
+        data={"username": "alice", "password": PASSWORD, "next": "//evil.example/x"},
+        allow_redirects=False,
+    )
+    assert other.headers["location"] == "/calls"
+    wrong = [
+        requests.post(f"{dashboard.url}/login", data={"username": "oscar", "password": "guess"}).status_code
+        for _ in range(6)
+    ]
+    assert wrong == [401] * 5 + [429]
+    # the throttle holds even for the right password, and for other names from the same address
+    assert requests.post(f"{dashboard.url}/login", data={"username": "oscar", "password": PASSWORD}).status_code == 429
+    assert requests.post(f"{dashboard.url}/login", data={"username": "alice", "password": PASSWORD}).status_code == 429
+    failed = AuditLog(dashboard.db).recent(action="sign_in.failed")
+    assert len(failed) == 5 and {entry.actor for entry in failed} == {"oscar"}
+
+
+def test_every_state_change_needs_the_csrf_token_and_this_servers_origin(dashboard):
+    session, csrf = sign_in(dashboard, "alice")
+    for path, form in STATE_CHANGES:
+        url = dashboard.url + fill(path, dashboard)
+        assert session.post(url, data=form, allow_redirects=False).status_code == 403, path
+        wrong = session.post(url, data={**form, "csrf_token": "not-it"}, allow_redirects=False)
+        assert wrong.status_code == 403, path
+        elsewhere = session.post(
+            url, data={**form, "csrf_token": csrf}, headers={"Origin": "https://evil.example"}, allow_redirects=False
+        )
+        assert elsewhere.status_code == 403 and "origin" in elsewhere.json()["error"], path
+    assert dashboard.runtime.call_log.call_summary(dashboard.call).training == "included"
+    assert dashboard.runtime.tools.list_bookings()[0].status == "confirmed"
+    assert Corrections(dashboard.db).list() == []
+    # the header htmx sends is as good as the form field
+    answer = session.post(
+        f"{dashboard.url}/calls/{dashboard.call}/training", data={"include": "no"}, headers={"X-CSRF-Token": csrf}
+    )
+    assert answer.status_code == 200 and dashboard.runtime.call_log.call_summary(dashboard.call).training == "excluded"
+
+
+def test_operators_may_not_change_models(dashboard):
+    session, csrf = sign_in(dashboard, "oscar")
+    for path in ("/models/v0001/promote", "/models/rollback"):
+        answer = session.post(dashboard.url + path, data={"password": PASSWORD, "reason": "x", "csrf_token": csrf})
+        assert answer.status_code == 403 and "admins only" in answer.json()["error"]
+    assert session.get(f"{dashboard.url}/admin/models").status_code == 403
+    page = session.get(f"{dashboard.url}/models")
+    assert page.status_code == 200 and "Only admins promote" in page.text and "Promote</button>" not in page.text
+    # an admin re-enters the password: a wrong one is refused (there is no registry here to promote from)
+    admin, admin_csrf = sign_in(dashboard, "alice")
+    refused = admin.post(
+        f"{dashboard.url}/models/rollback", data={"password": "not mine", "reason": "x", "csrf_token": admin_csrf}
+    )
+    assert refused.status_code == 403 and refused.json()["error"] == "wrong password"
+    assert AuditLog(dashboard.db).recent(action="reauthenticate.failed")[0].actor == "alice"
+
+
+def test_an_operator_reviews_a_call_corrects_a_turn_excludes_the_call_and_cancels_its_booking(dashboard):
+    session, csrf = sign_in(dashboard, "oscar")
+    listing = session.get(f"{dashboard.url}/calls", params={"q": "deluxe"})
+    assert dashboard.call[:8] in listing.text
+    assert dashboard.call[:8] not in session.get(f"{dashboard.url}/calls", params={"q": "no such words"}).text
+    page = session.get(f"{dashboard.url}/calls/{dashboard.call}")
+    assert "I&#39;d like a room for two nights" in page.text and "Save correction" in page.text
+
+    form = {"csrf_token": csrf, "intents": ["book"], "slot_check_in": "December 7", "slot_nights": "2",
+            "questions": "is parking included?", "note": "two nights, not one"}  # fmt: skip
+    answer = session.post(f"{dashboard.url}/calls/{dashboard.call}/turns/0/correction", data=form)
+    assert answer.status_code == 200 and "Corrected by oscar" in answer.text
+    [correction] = Corrections(dashboard.db).list(call_id=dashboard.call)
+    assert correction.author == "oscar" and correction.turn_index == 0
+    assert correction.action.slots.nights == 2 and correction.action.slots.check_in == "December 7"
+    assert [i.value for i in correction.action.intents] == ["book"]
+    assert correction.action.questions == ["is parking included?"]
+    # an agent turn cannot be corrected; a reading that breaks the schema is refused
+    agent_turn = session.post(f"{dashboard.url}/calls/{dashboard.call}/turns/1/correction", data=form)
+    assert agent_turn.status_code == 404
+    bad = session.post(f"{dashboard.url}/calls/{dashboard.call}/turns/2/correction", data={**form, "slot_adults": "99"})
+    assert bad.status_code == 422 and len(Corrections(dashboard.db).list()) == 1
+
+    session.post(f"{dashboard.url}/calls/{dashboard.call}/training", data={"include": "no", "csrf_token": csrf})
+    assert dashboard.runtime.call_log.call_summary(dashboard.call).training == "excluded"
+
+    no_reason = session.post(f"{dashboard.url}/bookings/{dashboard.code}/cancel", data={"csrf_token": csrf})
+    assert no_reason.status_code == 422
+    session.post(
+        f"{dashboard.url}/bookings/{dashboard.code}/cancel", data={"reason": "duplicate booking", "csrf_token": csrf}
+    )
+    assert dashboard.runtime.tools.list_bookings()[0].status == "cancelled"
+    again = session.post(
+        f"{dashboard.url}/bookings/{dashboard.code}/cancel", data={"reason": "again", "csrf_token": csrf}
+    )
+    assert again.status_code == 409
+
+    entries = AuditLog(dashboard.db).recent()
+    done = {(e.action, e.actor, e.target) for e in entries}
+    assert {
+        ("review.correct", "oscar", f"{dashboard.call}#0"),
+        ("call.training", "oscar", dashboard.call),
+        ("booking.cancel", "oscar", dashboard.code),
+    } <= done
+    assert next(e for e in entries if e.action == "booking.cancel").detail["reason"] == "duplicate booking"
+    audit_page = session.get(f"{dashboard.url}/audit")
+    assert "booking.cancel" in audit_page.text and "duplicate booking" in audit_page.text
+
+
+def test_the_review_queue_lists_turns_the_agent_asked_again_until_they_are_corrected(dashboard):
+    call_id = asyncio.run(_place_call(dashboard.runtime, ["I want to book a room.", "purple elephants", "bye"]))
+    queue = review_queue(dashboard.db)
+    mine = [item for item in queue if item.call_id == call_id]
+    assert mine and all(item.reasons for item in mine)
+    session, csrf = sign_in(dashboard, "oscar")
+    page = session.get(f"{dashboard.url}/review")
+    assert mine[0].caller_text in page.text
+    session.post(
+        f"{dashboard.url}/calls/{call_id}/turns/{mine[0].turn_index}/correction",
+        data={"csrf_token": csrf, "intents": "other"},
+    )
+    assert (call_id, mine[0].turn_index) not in {(i.call_id, i.turn_index) for i in review_queue(dashboard.db)}
+
+
+def test_a_disabled_user_is_signed_out_at_once(dashboard):
+    session, _ = sign_in(dashboard, "oscar")
+    Accounts(dashboard.db).disable("oscar")
+    answer = session.get(f"{dashboard.url}/calls", headers={"Accept": "text/html"})
+    assert answer.url.startswith(f"{dashboard.url}/login")
+    assert requests.post(f"{dashboard.url}/login", data={"username": "oscar", "password": PASSWORD}).status_code == 401
+
+
+def test_call_audio_is_served_only_from_the_recordings_folder(dashboard, tmp_path):
+    outside = tmp_path.parent / "secret.wav"
+    outside.write_bytes(b"RIFF")
+    dashboard.runtime.call_log.set_audio(dashboard.call, caller_audio=str(outside), agent_audio="/etc/passwd")
+    session, _ = sign_in(dashboard, "oscar")
+    for leg in ("caller", "agent", "../../etc"):
+        assert session.get(f"{dashboard.url}/calls/{dashboard.call}/audio/{leg}").status_code == 404
+    inside = dashboard.runtime.settings.calls_dir / "a.wav"
+    inside.parent.mkdir(parents=True, exist_ok=True)
+    inside.write_bytes(b"RIFF....WAVE")
+    dashboard.runtime.call_log.set_audio(dashboard.call, caller_audio=str(inside), agent_audio=None)
+    answer = session.get(f"{dashboard.url}/calls/{dashboard.call}/audio/caller")
+    assert answer.status_code == 200 and answer.content == b"RIFF....WAVE"
+
+
+def test_metrics_are_exported_for_prometheus(dashboard):
+    text = requests.get(f"{dashboard.url}/metrics").text
+    assert "innkeeper_calls_active 0.0" in text and 'innkeeper_model_info{version="template"} 1.0' in text
+    assert "innkeeper_voice_to_voice_seconds_bucket" in text
+
+
+def test_accounts_refuse_bad_names_roles_and_short_passwords(sqlite_db):
+    accounts = Accounts(sqlite_db)
+    for username, password, role in [
+        ("Bad Name", PASSWORD, "operator"),
+        ("ok", PASSWORD, "superuser"),
+        ("ok", "short", "operator"),
+    ]:
+        with pytest.raises(AccountError):
+            accounts.add(username, password, role)
+    accounts.add("Olga", PASSWORD, "operator")
+    with pytest.raises(AccountError, match="exists"):
+        accounts.add("olga", PASSWORD, "admin")
+    assert accounts.verify("OLGA", PASSWORD).username == "olga"
+    assert accounts.verify("olga", PASSWORD + "x") is None and accounts.verify("nobody", PASSWORD) is None
+    with pytest.raises(AccountError, match="no user"):
+        accounts.disable("nobody")
+
+
+def test_sessions_end_when_they_expire_or_are_closed(sqlite_db):
+    account = Accounts(sqlite_db).add("olga", PASSWORD, "operator")
+    expired = Accounts(sqlite_db, session_lifetime=timedelta(seconds=-1))
+    token, _ = expired.open_session(account)
+    assert expired.session(token) is None
+    live = Accounts(sqlite_db)
+    token, signed_in = live.open_session(account)
+    assert live.session(token) == signed_in and live.session(token + "x") is None
+    live.close_session(token)
+    assert live.session(token) is None
