@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv models demo test lint bench clean
+.PHONY: venv models browser demo test lint bench clean
 
 venv: $(STAMP)
 
@@ -22,7 +22,14 @@ models: venv
 demo: models
 	$(BIN)/innkeeper demo
 
-test: models
+# The dashboard's browser tests drive Debian's Chromium (Playwright's own browser download is unreachable).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 \
+	  || { $(SUDO) apt-get update -q >/dev/null 2>&1 && $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1; } \
+	  || echo "chromium could not be installed from Debian's packages: the browser tests will skip"; }
+
+test: models browser
 	$(BIN)/python -m pytest -q
 
 lint: venv

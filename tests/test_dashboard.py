@@ -286,3 +286,49 @@ def test_sessions_end_when_they_expire_or_are_closed(sqlite_db):
     assert live.session(token) == signed_in and live.session(token + "x") is None
     live.close_session(token)
     assert live.session(token) is None
+
+
+def test_the_users_cli_adds_lists_and_disables_staff(db, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from innkeeper.cli import app
+    from innkeeper.cli import common as cli_common
+    from innkeeper.core.settings import get_settings
+
+    monkeypatch.setenv("INNKEEPER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("INNKEEPER_DATABASE_URL", db.engine.url.render_as_string(False))
+    monkeypatch.setattr(cli_common.console, "width", 200)
+    get_settings.cache_clear()
+    cli = CliRunner()
+    try:
+        added = cli.invoke(app, ["users", "add", "Dana", "--role", "admin", "--password-stdin"], input=PASSWORD + "\n")
+        assert added.exit_code == 0, added.output
+        assert Accounts(db).verify("dana", PASSWORD).role == "admin"
+        short = cli.invoke(app, ["users", "add", "eve", "--password-stdin"], input="short\n")
+        assert short.exit_code == 1 and "at least 10 characters" in short.output
+        assert (
+            cli.invoke(app, ["users", "add", "eve", "--role", "root", "--password-stdin"], input=PASSWORD).exit_code
+            == 1
+        )
+        listing = cli.invoke(app, ["users", "list"])
+        assert "dana" in listing.output and "admin" in listing.output and "eve" not in listing.output
+        assert cli.invoke(app, ["users", "disable", "dana"]).exit_code == 0
+        assert Accounts(db).verify("dana", PASSWORD) is None
+        assert "disabled" in cli.invoke(app, ["users", "list"]).output
+        assert cli.invoke(app, ["users", "disable", "nobody"]).exit_code == 1
+        assert [e.action for e in AuditLog(db).recent()] == ["user.disable", "user.add"]
+    finally:
+        get_settings.cache_clear()
+
+
+def test_a_page_on_another_site_cannot_place_a_call_through_a_visitors_browser(dashboard):
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    with pytest.raises(InvalidStatus) as refused:
+        connect(f"ws://{dashboard.host}/ws/call", origin="https://evil.example", open_timeout=10)
+    assert refused.value.response.status_code == 403
+    # this server's own pages may (the browser call page), and so may clients that send no Origin
+    for origin in (f"http://{dashboard.host}", None):
+        with connect(f"ws://{dashboard.host}/ws/call", origin=origin, open_timeout=10) as ws:
+            ws.send('{"type": "stop"}')

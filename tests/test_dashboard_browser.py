@@ -1,0 +1,160 @@
+"""The operator dashboard in a real browser: Debian's Chromium, headless, driven by Playwright against a live
+`innkeeper serve` app on a real database.
+
+An operator signs in, finds a call, corrects how a caller turn was understood (and the nightly curation picks
+the correction up as a redacted training example), excludes the call from training, and is refused a model
+promotion; an admin promotes a registered version and rolls it back, re-entering the password, and the
+running agent serves it. `make test` installs Chromium from Debian's packages; without it these tests skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from agent.call.review import Corrections
+from innkeeper.core.accounts import Accounts
+from innkeeper.core.settings import Settings
+from innkeeper.models.registry import ModelRegistry
+from innkeeper.serve.app import create_app
+from innkeeper.serve.runtime import AgentRuntime
+from tests.conftest import serving
+from tests.test_dashboard import BOOKING_CALL, PASSWORD, TODAY, StubSpeech, _place_call
+
+CHROMIUM = os.environ.get("INNKEEPER_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+# Flags for a closed network: no background connections, no sandbox (tests run as root in CI).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no Chromium at {CHROMIUM}: `make test` installs Debian's chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def outside_the_browsers_loop(coroutine):
+    """Playwright's sync API runs an event loop in this thread: run other async work in another."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+def sign_in(browser, url: str, username: str):
+    page = browser.new_context().new_page()
+    page.goto(f"{url}/calls")
+    assert "/login" in page.url  # sent to sign in first
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{url}/calls")
+    return page
+
+
+def test_an_operator_corrects_a_turn_and_excludes_the_call_in_the_browser(browser, tmp_path, sqlite_db):
+    from tuning.data.curate import curate
+
+    settings = Settings(home=tmp_path, today=TODAY, database_url=sqlite_db.engine.url.render_as_string(False),
+                        llm_model="none", registry_poll_s=0)  # fmt: skip
+    runtime = AgentRuntime(settings, llm=None, db=sqlite_db)
+    Accounts(sqlite_db).add("oscar", PASSWORD, "operator")
+    call_id = outside_the_browsers_loop(_place_call(runtime, BOOKING_CALL))
+    with serving(create_app(settings, runtime=runtime, models=StubSpeech())) as host:
+        url = f"http://{host}"
+        page = sign_in(browser, url, "oscar")
+        assert "oscar (operator)" in page.inner_text("#who")
+        page.fill("input[name=q]", "deluxe king")
+        page.click("text=Filter")
+        page.click(f"a:text('{call_id[:8]}')")
+        page.wait_for_url(f"{url}/calls/{call_id}")
+        assert "two nights from December 7" in page.inner_text("#turn-0")
+
+        turn = page.locator("#turn-0")
+        turn.locator("summary").click()
+        turn.locator("input[value=book]").check()
+        turn.locator("input[name=slot_check_in]").fill("December 7")
+        turn.locator("input[name=slot_nights]").fill("2")
+        turn.locator("input[name=note]").fill("the stay length was missed")
+        turn.locator("text=Save correction").click()
+        page.wait_for_selector("#turn-0 .correction")
+        assert "Corrected by oscar" in page.inner_text("#turn-0 .correction")
+
+        [stored] = Corrections(sqlite_db).list(call_id=call_id)
+        assert stored.author == "oscar" and stored.action.slots.nights == 2
+        # the next nightly run's curation turns it into a training example of the reading
+        [example] = curate(sqlite_db, settings, since=None).readings
+        assert example.action.slots.nights == 2 and example.action.slots.check_in == "December 7"
+
+        page.click("text=Exclude from training")
+        page.wait_for_selector("#training:text('excluded from training')")
+        assert runtime.call_log.call_summary(call_id).training == "excluded"
+        assert curate(sqlite_db, settings, since=None).call_ids == []
+
+        page.goto(f"{url}/models")
+        assert "Only admins promote" in page.content()
+        # even a hand-made request with the page's own CSRF token is refused for an operator
+        status = page.evaluate(
+            """async () => {
+                const csrf = JSON.parse(document.body.getAttribute('hx-headers'))['X-CSRF-Token'];
+                const body = new URLSearchParams({csrf_token: csrf, password: 'x', reason: 'x'});
+                return (await fetch('/models/rollback', {method: 'POST', body})).status;
+            }"""
+        )
+        assert status == 403
+        page.goto(f"{url}/audit")
+        assert "review.correct" in page.inner_text("#audit") and "call.training" in page.inner_text("#audit")
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_an_admin_promotes_and_rolls_back_in_the_browser(browser, tmp_path, sqlite_db, tiny_model_dir):
+    from tests.test_hot_swap import make_artifact, register
+
+    settings = Settings(home=tmp_path, today=TODAY, database_url=sqlite_db.engine.url.render_as_string(False),
+                        llm_model=str(tiny_model_dir), voice_llm=True, registry_poll_s=0)  # fmt: skip
+    registry = ModelRegistry.from_settings(settings, db=sqlite_db)
+    tuned = register(registry, make_artifact(tiny_model_dir, tmp_path / "delta", seed=1))
+    Accounts(sqlite_db).add("alice", PASSWORD, "admin")
+    app = create_app(settings, models=StubSpeech())
+    with serving(app) as host:
+        url = f"http://{host}"
+        runtime: AgentRuntime = app.state.services.runtime
+        base_version = runtime.slot.version
+        page = sign_in(browser, url, "alice")
+        page.goto(f"{url}/models")
+        row = page.locator(f"#versions tr:has-text('{tuned.id}')")
+        row.locator("input[name=reason]").fill("better reading in review")
+        row.locator("input[name=password]").fill("wrong password")
+        row.locator("text=Promote").click()
+        assert runtime.slot.version == base_version  # refused: nothing swapped
+
+        page.goto(f"{url}/models")
+        row = page.locator(f"#versions tr:has-text('{tuned.id}')")
+        row.locator("input[name=reason]").fill("better reading in review")
+        row.locator("input[name=password]").fill(PASSWORD)
+        row.locator("text=Promote").click()
+        page.wait_for_selector(f"#serving:text('{tuned.id}')", timeout=120_000)
+        assert tuned.id in runtime.slot.version
+
+        page.fill("form[action='/models/rollback'] input[name=reason]", "back to the base for the test")
+        page.fill("form[action='/models/rollback'] input[name=password]", PASSWORD)
+        page.click("text=Roll back to the previous version")
+        page.wait_for_selector(f"#serving:text('{base_version}')", timeout=120_000)
+        assert runtime.slot.version == base_version
+        events = [(e["action"], e["actor"]) for e in registry.events()]
+        assert ("promoted", "alice") in events
