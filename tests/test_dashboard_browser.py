@@ -39,15 +39,21 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
+def playwright() -> Iterator[object]:
+    """One Playwright driver per module (its sync API runs an event loop in this thread)."""
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"no Chromium at {CHROMIUM}: `make test` installs Debian's chromium (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="module")
+def browser(playwright) -> Iterator[object]:
+    chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    yield chromium
+    chromium.close()
 
 
 def outside_the_browsers_loop(coroutine):
@@ -158,3 +164,70 @@ def test_an_admin_promotes_and_rolls_back_in_the_browser(browser, tmp_path, sqli
         assert runtime.slot.version == base_version
         events = [(e["action"], e["actor"]) for e in registry.events()]
         assert ("promoted", "alice") in events
+
+
+@pytest.mark.real_model
+def test_staff_book_a_room_by_talking_to_the_agent_from_the_browser_while_another_page_watches_live(
+    playwright, tmp_path, sqlite_db
+):
+    """The browser-call page with Chromium's fake microphone (a WAV of the caller's lines, spoken by the bundled
+    voice through a phone line, with pauses for the agent's replies) books a room end to end; the live page,
+    open beside it, shows the call's lines as they are said."""
+    from innkeeper.cli.demo import VOICE_DEMO_SCRIPT
+    from innkeeper.serve.speech import load_speech_models
+    from innkeeper.simulation.caller_lines import lines_from_text
+
+    settings = Settings(home=tmp_path, today=TODAY, database_url=sqlite_db.engine.url.render_as_string(False),
+                        llm_model="none", registry_poll_s=0, partial_transcripts_ms=None)  # fmt: skip
+    models = load_speech_models(settings)
+    microphone = tmp_path / "caller.wav"
+    write_caller_wav(microphone, lines_from_text(VOICE_DEMO_SCRIPT, models.synthesizer))
+    runtime = AgentRuntime(settings, llm=None, db=sqlite_db)
+    Accounts(sqlite_db).add("oscar", PASSWORD, "operator")
+    fake_microphone = [
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={microphone}",
+        "--autoplay-policy=no-user-gesture-required",
+    ]
+    with serving(create_app(settings, runtime=runtime, models=models)) as host:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS + fake_microphone)
+        url = f"http://{host}"
+        watcher = sign_in(browser, url, "oscar")
+        watcher.goto(f"{url}/live")
+        watcher.wait_for_selector("#live-status:text('Following live calls.')")
+
+        phone = sign_in(browser, url, "oscar")
+        phone.goto(f"{url}/phone")
+        phone.click("#call-button")
+        phone.wait_for_selector("#call-state:text('call ended')", timeout=240_000)
+        said = phone.inner_text("#call-lines")
+        watched = watcher.inner_text("#live-calls")
+        browser.close()
+
+    bookings = runtime.tools.list_bookings()
+    assert [(b.first_name, b.last_name, b.guests) for b in bookings] == [("John", "Smith", 2)], said
+    assert "deluxe" in bookings[0].room_type.lower()
+    assert (bookings[0].check_out - bookings[0].check_in).days == 4
+    assert "Agent:" in said and "You:" in said
+    # the live page showed the same call, line by line, and its end
+    assert "Caller:" in watched and "Agent:" in watched and "ended" in watched
+
+
+def write_caller_wav(path, lines, *, lead_s: float = 2.0, pause_s: float = 8.5) -> None:
+    """The caller's lines in one 16 kHz WAV, each followed by a pause long enough for the agent's reply."""
+    import wave
+
+    import numpy as np
+
+    from telephony.resample import resample
+
+    rate = 16_000
+    parts = [np.zeros(int(lead_s * rate), np.int16)]
+    for line in lines:
+        parts += [resample(line.audio, line.rate, rate).astype(np.int16), np.zeros(int(pause_s * rate), np.int16)]
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(np.concatenate(parts).tobytes())

@@ -152,9 +152,16 @@ class VoiceCall:
     async def dtmf(self, digit: str) -> None:
         """A key press; 0 hands the caller to a person."""
         self.events.append({"event": "dtmf", "digit": digit, "at": self.clock()})
-        if digit == "0" and not self._closing and not self._transferring:
-            self._transferring = True
-            self._spawn(self._transfer(f"caller pressed {digit}"))  # speaking takes seconds: not in the receive loop
+        if digit == "0":
+            self.hand_over(f"caller pressed {digit}")
+
+    def hand_over(self, reason: str) -> bool:
+        """Hand the caller to a person (a key press, or staff taking the call over); False if ending already."""
+        if self._closing or self._transferring:
+            return False
+        self._transferring = True
+        self._spawn(self._transfer(reason))  # speaking takes seconds: not in the receive loop
+        return True
 
     async def hang_up(self, reason: str = "hangup") -> None:
         """The caller (or the transport) ended the call: log what is pending and leave nothing running."""

@@ -20,6 +20,7 @@ from agent.call.recorder import CallRecorder
 from agent.call.voice import VoiceCall
 from agent.call.voice_config import SpeechModels
 from innkeeper.serve.auth import Refused, check_origin
+from innkeeper.serve.live import LiveFeed, WatchedTransport
 from innkeeper.serve.metrics import ServerMetrics
 from innkeeper.serve.runtime import AgentRuntime
 from telephony import plain_protocol as plain
@@ -40,6 +41,7 @@ class CallServices:
     active: dict[str, VoiceCall] = field(default_factory=dict)
     rejected_messages: int = 0  # malformed, unknown or misplaced messages, all calls (health endpoint)
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    live: LiveFeed = field(default_factory=LiveFeed)  # what the dashboard's live page shows
 
     def __post_init__(self) -> None:
         self.metrics.calls_active.set_function(lambda: len(self.active))
@@ -223,8 +225,10 @@ async def _open_call(
             await asyncio.to_thread(services.runtime.call_log.update_meta, call_id, **meta)
     except DB_ERRORS as err:  # the call goes on; the conversation writes its turns once the database is back
         log.error("call %s: call record unavailable: %s", call_id, err)
-    call = VoiceCall(conversation, services.models, transport, recorder=recorder)
+    watched = WatchedTransport(transport, services.live, call_id)
+    call = VoiceCall(conversation, services.models, watched, recorder=recorder)
     services.active[call_id] = call
+    services.live.publish(call_id, "call_started", channel=channel, caller=caller or "")
     await call.begin()
     return call
 
@@ -244,6 +248,8 @@ async def _end(call: VoiceCall | None, sender: WebSocketSender, services: CallSe
             log.exception("call %s: cleanup failed", call.conversation.call_id)
         finally:
             services.active.pop(call.conversation.planned_call_id, None)
+            services.live.publish(call.conversation.planned_call_id, "call_ended")
+            services.live.forget(call.conversation.planned_call_id)
     await sender.close(CLOSE_NORMAL)
 
 

@@ -8,13 +8,15 @@ Work that touches the database runs in a worker thread, never on the event loop 
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Form, HTTPException, Request
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
@@ -40,6 +42,7 @@ from innkeeper.serve.auth import (
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 AUDIO_LEGS = ("caller", "agent")
 SLOT_FIELDS = tuple(ActionSlots.model_fields)
+LIVE_KEEPALIVE_S = 15.0
 NUMBER_SLOTS = frozenset({"nights", "adults", "children"})
 
 
@@ -99,6 +102,46 @@ def web_router(settings: Settings) -> APIRouter:
     @router.get("/")
     async def home() -> Response:
         return RedirectResponse("/calls", status_code=303)
+
+    # ------------------------------------------------------------------ live calls
+    @router.get("/live", response_class=HTMLResponse)
+    async def live(request: Request, principal: Staff) -> Response:
+        return _render(request, "live.html", principal)
+
+    @router.get("/live/events")
+    async def live_events(request: Request, _: Staff) -> Response:
+        """Server-sent events: the live calls' lines, barge-ins, hand-offs, starts and ends."""
+        services = _services(request)
+
+        async def stream() -> AsyncIterator[str]:
+            async with services.live.subscribe(set(services.active)) as queue:
+                yield ": live\n\n"
+                while not await request.is_disconnected():
+                    try:
+                        event = await asyncio.wait_for(queue.get(), timeout=LIVE_KEEPALIVE_S)
+                    except TimeoutError:
+                        yield ": keep-alive\n\n"
+                        continue
+                    yield f"data: {json.dumps(event)}\n\n"
+
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+    @router.post("/calls/{call_id}/take-over")
+    async def take_over(call_id: str, request: Request, principal: Staff) -> Response:
+        """Hand a live call to staff: the agent says it is transferring, and the call goes to the front desk."""
+        call = _services(request).active.get(call_id)
+        if call is None:
+            raise HTTPException(404, f"call {call_id!r} is not in progress")
+        if not call.hand_over(f"taken over by {principal.name}"):
+            raise HTTPException(409, "the call is ending already")
+        await _audit(request, principal.name, "call.take_over", call_id)
+        return JSONResponse({"call_id": call_id, "transferring": True})
+
+    # ------------------------------------------------------------------ a call from the browser
+    @router.get("/phone", response_class=HTMLResponse)
+    async def phone(request: Request, principal: Staff) -> Response:
+        return _render(request, "phone.html", principal)
 
     # ------------------------------------------------------------------ calls
     @router.get("/calls", response_class=HTMLResponse)
