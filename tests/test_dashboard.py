@@ -33,9 +33,21 @@ STATE_CHANGES = [
     ("/bookings/{code}/cancel", {"reason": "guest phoned the front desk"}),
     ("/models/v0001/promote", {"password": PASSWORD, "reason": "test"}),
     ("/models/rollback", {"password": PASSWORD, "reason": "test"}),
+    (
+        "/hotel",
+        {
+            "facts_topic": "spa",
+            "facts_answer": "A spa.",
+            "note": "x",
+            "address": "1 Main St",
+            "phone": "207 555 0100",
+            "check_in_time": "3 PM",
+            "check_out_time": "11 AM",
+        },
+    ),
     ("/logout", {}),
 ]
-PAGES = ["/calls", "/calls/{call}", "/review", "/bookings", "/models", "/audit"]
+PAGES = ["/calls", "/calls/{call}", "/review", "/bookings", "/models", "/audit", "/hotel", "/live", "/phone"]
 
 
 class StubSpeech:
@@ -97,6 +109,7 @@ def test_nothing_is_shown_or_changed_without_signing_in(dashboard):
     assert anonymous.get(f"{dashboard.url}/admin/models").status_code == 401
     assert anonymous.get(f"{dashboard.url}/calls/{dashboard.call}/audio/caller").status_code == 401
     # and nothing changed
+    assert "spa" not in dashboard.runtime.hotel.facts
     assert dashboard.runtime.call_log.call_summary(dashboard.call).training == "included"
     assert dashboard.runtime.tools.list_bookings()[0].status == "confirmed"
 
@@ -140,7 +153,7 @@ def test_every_state_change_needs_the_csrf_token_and_this_servers_origin(dashboa
         assert elsewhere.status_code == 403 and "origin" in elsewhere.json()["error"], path
     assert dashboard.runtime.call_log.call_summary(dashboard.call).training == "included"
     assert dashboard.runtime.tools.list_bookings()[0].status == "confirmed"
-    assert Corrections(dashboard.db).list() == []
+    assert Corrections(dashboard.db).list() == [] and "spa" not in dashboard.runtime.hotel.facts
     # the header htmx sends is as good as the form field
     answer = session.post(
         f"{dashboard.url}/calls/{dashboard.call}/training", data={"include": "no"}, headers={"X-CSRF-Token": csrf}
@@ -332,3 +345,68 @@ def test_a_page_on_another_site_cannot_place_a_call_through_a_visitors_browser(d
     for origin in (f"http://{dashboard.host}", None):
         with connect(f"ws://{dashboard.host}/ws/call", origin=origin, open_timeout=10) as ws:
             ws.send('{"type": "stop"}')
+
+
+def test_staff_edit_the_hotels_facts_and_the_next_turn_answers_from_them(dashboard):
+    runtime = dashboard.runtime
+    session, csrf = sign_in(dashboard, "oscar")
+    page = session.get(f"{dashboard.url}/hotel")
+    form = {field: re.search(rf'name="{field}" value="([^"]*)"', page.text).group(1)
+            for field in ("address", "phone", "check_in_time", "check_out_time")}  # fmt: skip
+    facts = dict(runtime.hotel.facts)
+    new_parking = "Parking is free for hotel guests."
+    form |= {
+        "csrf_token": csrf,
+        "facts_topic": [*facts, "spa"],
+        "facts_answer": [new_parking if topic == "parking" else answer for topic, answer in facts.items()]
+        + ["The spa is open from 9 AM to 8 PM."],
+        "policies_topic": list(runtime.hotel.policies),
+        "policies_answer": list(runtime.hotel.policies.values()),
+        "note": "parking is free from today; new spa",
+    }
+
+    async def call_in_progress():
+        convo = runtime.new_conversation()
+        await convo.start()
+        before = await convo.reply("Is there parking?")
+        saved = session.post(f"{dashboard.url}/hotel", data=form)  # saved while the call goes on
+        after = await convo.reply("And is parking included?")
+        spa = await convo.reply("Do you have a spa?")
+        await convo.close()
+        return before, saved, after, spa
+
+    before, saved, after, spa = asyncio.run(call_in_progress())
+    assert facts["parking"] in before and saved.status_code == 200
+    assert new_parking in after and "spa is open from 9 AM" in spa
+    assert runtime.hotel.facts["parking"] == new_parking
+    [entry] = AuditLog(dashboard.db).recent(action="hotel.edit")
+    assert entry.actor == "oscar" and entry.detail["note"] == "parking is free from today; new spa"
+    # a broken edit is refused with the reason and changes nothing
+    bad = session.post(f"{dashboard.url}/hotel", data={**form, "check_in_time": "whenever", "note": "oops"})
+    assert bad.status_code == 422 and "check_in_time" in bad.text
+    assert runtime.hotel.check_in_time != "whenever" and runtime.hotel_facts.version.version == 1
+    # a new server process reads the newest version back
+    assert AgentRuntime(runtime.settings, llm=None, db=dashboard.db).hotel.facts["parking"] == new_parking
+
+
+def test_hotel_edits_are_validated_versioned_and_limited_to_what_callers_ask(sqlite_db, hotel):
+    from innkeeper.core.hotel_edits import HotelEditError, HotelFacts
+
+    store = HotelFacts(sqlite_db, hotel)
+    assert store.version.version == 0 and store.current() is hotel
+    for bad in (
+        {"facts": {"Spa Hours!": "9 to 5"}},
+        {"facts": {"spa": "  "}},
+        {"check_out_time": "later"},
+        {"address": ""},
+        {"room_types": []},
+    ):
+        with pytest.raises(HotelEditError):
+            store.save(bad, author="oscar")
+    first = store.save({"facts": {**hotel.facts, "spa": "Open 9 AM to 8 PM."}}, author="oscar", note="spa")
+    second = store.save({"check_in_time": "2 PM"}, author="alice")
+    assert (first.version, second.version) == (1, 2)
+    assert store.current().check_in_time == "2 PM" and store.current().facts["spa"] == "Open 9 AM to 8 PM."
+    assert [v.author for v in store.history()] == ["alice", "oscar"]
+    assert store.history()[1].profile.check_in_time == hotel.check_in_time  # each version stands alone
+    assert HotelFacts(sqlite_db, hotel).load().version == 2

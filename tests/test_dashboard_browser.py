@@ -62,6 +62,14 @@ def outside_the_browsers_loop(coroutine):
         return pool.submit(asyncio.run, coroutine).result()
 
 
+async def _replies(runtime: AgentRuntime, lines: list[str]) -> list[str]:
+    convo = runtime.new_conversation()
+    await convo.start()
+    replies = [await convo.reply(line) for line in lines]
+    await convo.close()
+    return replies
+
+
 def sign_in(browser, url: str, username: str):
     page = browser.new_context().new_page()
     page.goto(f"{url}/calls")
@@ -125,6 +133,17 @@ def test_an_operator_corrects_a_turn_and_excludes_the_call_in_the_browser(browse
         assert status == 403
         page.goto(f"{url}/audit")
         assert "review.correct" in page.inner_text("#audit") and "call.training" in page.inner_text("#audit")
+
+        # a new fact, saved in the browser, is what the agent says in the next call
+        page.goto(f"{url}/hotel")
+        new_row = page.locator("#facts tr.new").first
+        new_row.locator("input").fill("spa")
+        new_row.locator("textarea").fill("Our spa is open daily from 9 AM to 8 PM.")
+        page.fill("input[name=note]", "the spa opened")
+        page.click("text=Save a new version")
+        page.wait_for_selector("#hotel-history td:text('the spa opened')")
+        replies = outside_the_browsers_loop(_replies(runtime, ["Do you have a spa?", "bye"]))
+        assert "Our spa is open daily from 9 AM to 8 PM." in replies[0]
 
 
 @pytest.mark.usefixtures("one_torch_thread")

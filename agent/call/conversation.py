@@ -85,6 +85,7 @@ class Conversation:
         self,
         *,
         hotel: HotelProfile,
+        hotel_source: Callable[[], HotelProfile] | None = None,
         tools: HotelTools,
         call_log: CallLog,
         llm: TextStreamer | None,
@@ -100,6 +101,8 @@ class Conversation:
         trust: str = "model",
     ):
         self.hotel = hotel
+        # Asked at every turn: facts staff edit in the dashboard reach a call in progress at its next turn.
+        self._hotel_source = hotel_source
         # Where this call's turns are marked in progress (a model loader waits for the gaps); its own if none given.
         self._turns = turns if turns is not None else TurnsInProgress()
         self.call_log = call_log
@@ -164,6 +167,14 @@ class Conversation:
         await self._save(_PendingTurn("agent", text, now, now, model_version=self.model_version))
         return text
 
+    def _follow_hotel_edits(self) -> None:
+        """Answer this turn from the newest hotel facts (the source keeps them in memory: no I/O here)."""
+        if self._hotel_source is None:
+            return
+        hotel = self._hotel_source()
+        if hotel is not self.hotel:
+            self.hotel = self.dialogue.state.hotel = self.writer.hotel = hotel
+
     async def respond(
         self, user_text: str | bytes, *, defer_log: bool = False, heard: dict[str, float] | None = None
     ) -> AsyncIterator[str]:
@@ -177,6 +188,7 @@ class Conversation:
         with self._turns.during():
             started, t0 = _now(), time.perf_counter()
             model = self.llm  # this turn's model, to its end, whatever a model swap does meanwhile
+            self._follow_hotel_edits()
             masked, plan = await self._decide(user_text)
             plan = self._resume_if_unplaced(plan)
             decided_ms = _ms_since(t0)

@@ -27,7 +27,7 @@ from agent.dialogue.state import DialogueState, ReplyPlan, Stage
 from agent.dialogue.tools import HotelTools
 from agent.understanding.action import TurnAction
 from agent.understanding.dates import StayDates, parse_guest_count, parse_stay
-from agent.understanding.intents import Intent, TurnMeaning, read_turn
+from agent.understanding.intents import TOPIC_WORDS, Intent, TurnMeaning, read_turn
 from innkeeper.core.hotel import HotelProfile
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class DialogueManager:
                 "decline_off_topic",
                 ["I'm sorry, I can only help with the hotel: rooms, reservations and questions about your stay."],
             )
-        meaning = read_turn(text)
+        meaning = self._with_profile_topics(text, read_turn(text))
         if self.state.pending == "transfer_offer":
             if meaning.affirm:
                 return self._transfer()
@@ -230,6 +230,17 @@ class DialogueManager:
             transfer=True,
             end_call=True,
         )
+
+    def _with_profile_topics(self, text: str, meaning: TurnMeaning) -> TurnMeaning:
+        """Topics staff added to the hotel's facts (a "spa" answer) are understood by their own name."""
+        hotel = self.state.hotel
+        known = set(TOPIC_WORDS) | set(meaning.topics)
+        added = tuple(
+            topic
+            for topic in (*hotel.facts, *hotel.policies)
+            if topic not in known and re.search(rf"\b{re.escape(topic.replace('_', ' '))}s?\b", text, re.I)
+        )
+        return replace(meaning, topics=(*meaning.topics, *added)) if added else meaning
 
     def _asks_what_the_facts_do_not_say(self, text: str, meaning: TurnMeaning) -> bool:
         """A question about the hotel that no fact, policy or room answers ("is there a spa?")."""

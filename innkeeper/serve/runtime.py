@@ -7,23 +7,27 @@ takes the slot's model at the start of every turn.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import date, datetime
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from agent.call.calllog import CallLog
-from agent.call.conversation import Conversation
+from agent.call.conversation import DB_ERRORS, Conversation
 from agent.dialogue.tools import HotelTools
 from agent.reply.wording import TextStreamer
 from innkeeper.core.db.database import Database
 from innkeeper.core.hotel import HotelProfile, load_hotel
+from innkeeper.core.hotel_edits import HotelFacts
 from innkeeper.core.settings import Settings
 from innkeeper.models.slot import ModelSlot
 
 if TYPE_CHECKING:  # torch and the decoding constraint load only where a model reads turns
     from agent.reply.understand import ModelReader
     from agent.understanding.action import TurnAction
+
+log = logging.getLogger(__name__)
 
 
 def hotel_today(settings: Settings, hotel: HotelProfile) -> Callable[[], date]:
@@ -41,13 +45,24 @@ VOICE_CHANNELS = frozenset({"twilio", "web"})
 class AgentRuntime:
     def __init__(self, settings: Settings, *, llm: TextStreamer | None, db: Database | None = None):
         self.settings = settings
-        self.hotel = load_hotel(settings.hotel_file)
         self.db = db or Database.from_settings(settings)
-        self.today = hotel_today(settings, self.hotel)
-        self.tools = HotelTools(self.db, self.hotel, today=self.today)
+        file_profile = load_hotel(settings.hotel_file)
+        # Staff edit the facts callers ask about in the dashboard; rooms, rates and limits stay the file's.
+        self.hotel_facts = HotelFacts(self.db, file_profile)
+        try:
+            self.hotel_facts.load()
+        except DB_ERRORS as err:
+            log.warning("hotel fact edits unreadable, answering from %s: %s", settings.hotel_file, err)
+        self.today = hotel_today(settings, file_profile)
+        self.tools = HotelTools(self.db, file_profile, today=self.today)
         self.call_log = CallLog(self.db)
         self.slot = ModelSlot(llm)
         self._reader: ModelReader | None = None
+
+    @property
+    def hotel(self) -> HotelProfile:
+        """The hotel profile the agent answers from now (the newest edit of its facts)."""
+        return self.hotel_facts.current()
 
     @property
     def llm(self) -> TextStreamer | None:
@@ -70,6 +85,7 @@ class AgentRuntime:
     def new_conversation(self, *, channel: str = "text", caller_number: str | None = None) -> Conversation:
         return Conversation(
             hotel=self.hotel,
+            hotel_source=self.hotel_facts.current,
             tools=self.tools,
             call_log=self.call_log,
             llm=None,

@@ -320,3 +320,16 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str] = mapped_column(String(200), default="")
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class HotelEdit(Base):
+    """A version of the hotel's editable facts (innkeeper/core/hotel_edits.py): the whole editable part, so
+    any version can be read on its own; the newest is what the agent answers from."""
+
+    __tablename__ = "hotel_edits"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    author: Mapped[str] = mapped_column(String(64))
+    note: Mapped[str] = mapped_column(Text, default="")
+    content: Mapped[dict[str, Any]] = mapped_column(JSON)

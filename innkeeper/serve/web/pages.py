@@ -26,6 +26,7 @@ from agent.dialogue.tools import ToolError
 from agent.understanding.action import ActionIntent, ActionSlots, TurnAction
 from innkeeper.core.accounts import Accounts
 from innkeeper.core.audit import AuditLog
+from innkeeper.core.hotel_edits import HotelEditError, HotelFacts
 from innkeeper.core.settings import Settings
 from innkeeper.serve.admin import AdminError
 from innkeeper.serve.auth import (
@@ -257,6 +258,38 @@ def web_router(settings: Settings) -> APIRouter:
         await _audit(request, principal.name, "booking.cancel", booking.code, reason=reason.strip())
         return RedirectResponse("/bookings", status_code=303)
 
+    # ------------------------------------------------------------------ hotel facts
+    @router.get("/hotel", response_class=HTMLResponse)
+    async def hotel(request: Request, principal: Staff) -> Response:
+        facts: HotelFacts = _services(request).runtime.hotel_facts
+        history = await asyncio.to_thread(facts.history)
+        return _render(
+            request, "hotel.html", principal, hotel=facts.current(), version=facts.version, history=history, error=None
+        )
+
+    @router.post("/hotel")
+    async def edit_hotel(request: Request, principal: Staff) -> Response:
+        """Save the edited facts as a new version; the agent answers from it on its next turn."""
+        facts: HotelFacts = _services(request).runtime.hotel_facts
+        form = await request.form()
+        edits = {
+            field: str(form.get(field, "")).strip() for field in ("address", "phone", "check_in_time", "check_out_time")
+        }
+        edits |= {kind: _topic_answers(form, kind) for kind in ("facts", "policies")}
+        note = str(form.get("note", "")).strip()
+        try:
+            version = await asyncio.to_thread(facts.save, edits, author=principal.name, note=note)
+        except HotelEditError as err:
+            history = await asyncio.to_thread(facts.history)
+            page = _render(
+                request, "hotel.html", principal, hotel=facts.current(), version=facts.version, history=history,
+                error=str(err),
+            )  # fmt: skip
+            page.status_code = 422
+            return page
+        await _audit(request, principal.name, "hotel.edit", f"version {version.version}", note=note)
+        return RedirectResponse("/hotel", status_code=303)
+
     # ------------------------------------------------------------------ models (admins change them)
     @router.get("/models", response_class=HTMLResponse)
     async def models(request: Request, principal: Staff) -> Response:
@@ -373,6 +406,16 @@ def _audio_path(call: CallSummary, leg: str, settings: Settings) -> Path | None:
     if not path.is_relative_to(settings.calls_dir.resolve()) or not path.is_file():
         return None
     return path
+
+
+def _topic_answers(form: Any, kind: str) -> dict[str, str]:
+    """The form's (topic, answer) rows of one kind; a row with an empty answer removes its topic."""
+    topics, answers = form.getlist(f"{kind}_topic"), form.getlist(f"{kind}_answer")
+    return {
+        str(topic).strip().lower().replace(" ", "_"): str(answer).strip()
+        for topic, answer in zip(topics, answers, strict=False)
+        if str(topic).strip() and str(answer).strip()
+    }
 
 
 def _action_from_form(form: Any) -> TurnAction:

@@ -1,4 +1,4 @@
-"""Staff accounts for the dashboard: users with roles, server-side sessions, and the audit log.
+"""The dashboard's tables: staff users with roles, server-side sessions, the audit log, hotel-fact versions.
 
 Revision ID: 0004
 Revises: 0003
@@ -54,9 +54,19 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_log")),
     )
     op.create_index(op.f("ix_audit_log_at"), "audit_log", ["at"])
+    op.create_table(
+        "hotel_edits",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("author", sa.String(64), nullable=False),
+        sa.Column("note", sa.Text(), nullable=False),
+        sa.Column("content", sa.JSON(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_hotel_edits")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("hotel_edits")
     op.drop_index(op.f("ix_audit_log_at"), table_name="audit_log")
     op.drop_table("audit_log")
     op.drop_index(op.f("ix_web_sessions_user_id"), table_name="web_sessions")
