@@ -47,7 +47,19 @@ STATE_CHANGES = [
     ),
     ("/logout", {}),
 ]
-PAGES = ["/calls", "/calls/{call}", "/review", "/bookings", "/models", "/audit", "/hotel", "/live", "/phone"]
+PAGES = [
+    "/calls",
+    "/calls/{call}",
+    "/review",
+    "/bookings",
+    "/models",
+    "/audit",
+    "/hotel",
+    "/live",
+    "/phone",
+    "/tuning",
+    "/health",
+]
 
 
 class StubSpeech:
@@ -410,3 +422,70 @@ def test_hotel_edits_are_validated_versioned_and_limited_to_what_callers_ask(sql
     assert [v.author for v in store.history()] == ["alice", "oscar"]
     assert store.history()[1].profile.check_in_time == hotel.check_in_time  # each version stands alone
     assert HotelFacts(sqlite_db, hotel).load().version == 2
+
+
+def test_the_tuning_page_shows_runs_with_progress_gate_reasons_and_measures_across_versions(dashboard):
+    import json
+    import time
+
+    nightly = dashboard.runtime.settings.nightly_dir
+    running, rejected = nightly / "run-20261207T010000", nightly / "run-20261206T010000"
+    for folder in (running, rejected):
+        folder.mkdir(parents=True)
+    (running / "state.json").write_text(json.dumps({"done": {"curate": {}}}))
+    (running / "progress.json").write_text(json.dumps({"step": 12, "of": 40, "loss": 1.234, "at": time.time()}))
+    (rejected / "state.json").write_text(json.dumps({"done": {s: {} for s in ("curate", "train", "evaluate")}}))
+    gate = {"decision": "reject", "reasons": ["chat_kl 0.09 > 0.05"], "checks": {}}
+    report = {"run_id": rejected.name, "status": "rejected", "counts": {"eligible": 7, "kept": 5}, "gate": gate}
+    (rejected / "report.json").write_text(json.dumps(report))
+
+    session, _ = sign_in(dashboard, "oscar")
+    page = session.get(f"{dashboard.url}/tuning").text
+    first, second = page.index(running.name), page.index(rejected.name)
+    assert first < second  # newest first
+    assert "step 12 / 40" in page and 'value="30"' in page and "running" in page[first:second]
+    assert "rejected" in page[second:] and "chat_kl 0.09 &gt; 0.05" in page and "eligible=7" in page
+    # no versions registered here: the charts say so instead of drawing nothing
+    assert page.count("no data yet") == 6
+
+
+def test_version_charts_draw_one_point_per_version_and_leave_gaps_for_missing_measures():
+    from innkeeper.serve.web.pages import _version_charts
+
+    versions = [
+        {"id": "v0001-a", "metrics": {"domain_nll": 2.0, "serving_domain_nll": 2.1, "chat_kl": 0.01}},
+        {"id": "v0002-b", "metrics": {"domain_nll": 1.8, "serving_domain_nll": 2.0}},
+        {"id": "v0003-c", "metrics": {"domain_nll": 1.7, "serving_domain_nll": 1.8, "chat_kl": 0.03}},
+    ]
+    domain, kl, *_ = (str(chart) for chart in _version_charts(versions))
+    assert domain.count("<circle") == 6 and domain.count("<polyline") == 2 and "v0002" in domain
+    assert kl.count("<circle") == 2 and "<polyline" not in kl  # a gap: no line through the missing version
+
+
+def test_the_health_page_shows_latency_percentiles_per_hour(dashboard):
+    from datetime import UTC, datetime
+
+    call_log = dashboard.runtime.call_log
+    call_id = call_log.start_call(channel="web", caller_number=None, model_version="template")
+    now = datetime.now(UTC)
+    for v2v_ms in (500, 600, 700, 800, 2000):  # nearest rank: p50 = 700, p95 = 2000
+        call_log.log_turn(call_id, role="agent", text="ok", started_at=now, ended_at=now,
+                          latencies={"v2v_server_ms": v2v_ms})  # fmt: skip
+    [hour] = call_log.latency_by_hour(now - timedelta(hours=1))
+    assert (hour.turns, hour.p50_ms, hour.p95_ms) == (5, 700, 2000)
+    session, _ = sign_in(dashboard, "oscar")
+    page = session.get(f"{dashboard.url}/health").text
+    assert "<td>5</td><td>700</td><td>2000</td>" in page and "Voice-to-voice at the server" in page
+
+
+def test_a_real_time_factor_is_compute_per_audio_second():
+    from agent.speech.speed import RealTimeFactor
+
+    speed = RealTimeFactor()
+    assert speed.value is None
+    speed.add(audio_s=4.0, compute_s=1.0)
+    speed.add(audio_s=6.0, compute_s=1.5)
+    assert speed.value == pytest.approx(0.25) and speed.runs == 2
+    with speed.timing() as handled:
+        handled.append(10.0)
+    assert speed.audio_s == 20.0 and speed.runs == 3

@@ -224,6 +224,9 @@ def test_staff_book_a_room_by_talking_to_the_agent_from_the_browser_while_anothe
         watched = watcher.inner_text("#live-calls")
         browser.close()
 
+    # the speech engines measured their speed on this call (the health page and /metrics show it)
+    assert models.recognizer.speed.runs > 0 and models.recognizer.speed.value > 0
+    assert models.synthesizer.speed.audio_s > 5
     bookings = runtime.tools.list_bookings()
     assert [(b.first_name, b.last_name, b.guests) for b in bookings] == [("John", "Smith", 2)], said
     assert "deluxe" in bookings[0].room_type.lower()

@@ -98,6 +98,9 @@ def test_a_night_trains_on_the_calls_gates_and_registers(nightly_settings, sqlit
     assert report.counts["eligible"] == len(CALLS)
     assert report.counts["duplicates"] == len(call_ids) - len(CALLS)
     assert version.gate["decision"] == "promote" and version.metrics["domain_nll"] > 0
+    # the train step left its progress for the dashboard: every step done
+    progress = json.loads((nightly_root(settings) / report.run_id / "progress.json").read_text())
+    assert progress["step"] == progress["of"] == FAST["steps"] and progress["loss"] > 0
     understood = version.gate["checks"]["understanding"]  # read on 2 SGD dev dialogues, vs the base serving now
     assert 0 <= understood["value"] <= 1 and understood["limit"] is not None
     dataset = (nightly_root(settings) / report.run_id / "dataset.json").read_text()

@@ -9,6 +9,7 @@ that sees the weights before AdamW writes them and may rewrite the step afterwar
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import resource
@@ -48,6 +49,7 @@ class TrainConfig(Protocol):
     target_loss: float | None
     log_every: int
     progress: bool
+    progress_file: str | None
 
 
 class StepHook(Protocol):
@@ -121,11 +123,20 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             kept = hook.after_step() if hook is not None else {}
             result.record(step, loss, time.perf_counter() - started, kept, cfg.log_every)
+            if getattr(cfg, "progress_file", None):
+                _report_progress(Path(cfg.progress_file), step, cfg.steps, loss)
             if _evaluate(model, eval_fn, step, cfg, result):
                 break
     # ru_maxrss is in KiB on Linux and covers the whole process, not only this run.
     result.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
+
+
+def _report_progress(path: Path, step: int, of: int, loss: float) -> None:
+    """Replace the progress file atomically, so a reader never sees half of it."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"step": step, "of": of, "loss": round(float(loss), 5), "at": time.time()}))
+    tmp.replace(path)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:

@@ -89,8 +89,11 @@ class NightlyRun:
         _write_json(self.dir / "state.json", self.state)
 
 
+PROGRESS_FILE = "progress.json"  # the train step's {step, of, loss, at}, for the dashboard
+
+
 def nightly_root(settings: Settings) -> Path:
-    return settings.home / "tuning" / "nightly"
+    return settings.nightly_dir
 
 
 def open_run(settings: Settings, *, now: datetime | None = None) -> tuple[NightlyRun, bool]:
@@ -215,6 +218,7 @@ def _train(settings: Settings, run: NightlyRun, size: CorpusSize, overrides: dic
     cfg = tune_config(settings, **{"steps": settings.nightly_steps, **overrides})
     if "eval_every" not in overrides:  # the evaluate step measures the candidate: no periodic evaluation
         cfg = cfg.model_copy(update={"eval_every": cfg.steps})
+    cfg = cfg.model_copy(update={"progress_file": str(run.dir / PROGRESS_FILE)})
     lineage = {
         "call_ids": sorted({e.dialogue_id for e in train} & set(run.output("curate")["call_ids"])),
         "reading_ids": run.output("curate").get("reading_ids", []),

@@ -5,6 +5,7 @@ The brain masks card numbers before it logs a turn; this module stores what it i
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -190,6 +191,24 @@ class CallLog:
 
         return self._db.transact(work, write=False)
 
+    def latency_by_hour(self, since: datetime) -> list[HourlyLatency]:
+        """Voice-to-voice latency at the server (end of caller speech → first reply audio), per hour since
+        `since`: the turns measured and their p50 and p95. Hours without a voice turn are left out."""
+
+        def work(session: Session) -> list[tuple[datetime, dict[str, Any] | None]]:
+            query = select(Turn.started_at, Turn.latencies).where(Turn.role == "agent", Turn.started_at >= since)
+            return [(row[0], row[1]) for row in session.execute(query)]
+
+        by_hour: dict[datetime, list[float]] = {}
+        for started, latencies in self._db.transact(work, write=False):
+            value = (latencies or {}).get("v2v_server_ms")
+            if value is not None:
+                by_hour.setdefault(started.replace(minute=0, second=0, microsecond=0), []).append(float(value))
+        return [
+            HourlyLatency(hour, len(values), _percentile(values, 50), _percentile(values, 95))
+            for hour, values in sorted(by_hour.items())
+        ]
+
     def set_training(self, call_id: str, included: bool) -> None:
         """The operator's choice whether the nightly tuning may learn from this call."""
 
@@ -224,6 +243,20 @@ class CallSummary:
     caller_audio_path: str | None
     agent_audio_path: str | None
     meta: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class HourlyLatency:
+    hour: datetime
+    turns: int
+    p50_ms: float
+    p95_ms: float
+
+
+def _percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (no interpolation: every reported figure is a latency a caller had)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 def _summary(call: Call) -> CallSummary:

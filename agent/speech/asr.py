@@ -20,6 +20,7 @@ from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
 
+from agent.speech.speed import RealTimeFactor
 from innkeeper.core.hotel import HotelProfile
 
 SAMPLE_RATE = 16000
@@ -162,6 +163,7 @@ class Recognizer:
         self._suppressed = get_suppressed_tokens(self._tokenizer, [-1])
         # CTranslate2 runs one request per worker (num_workers=1); the lock makes the queueing explicit.
         self._lock = threading.Lock()
+        self.speed = RealTimeFactor()  # decoding time (the engine's own, not waiting for it) per audio second
 
     @property
     def busy(self) -> bool:
@@ -189,7 +191,8 @@ class Recognizer:
 
     def _decode_full(self, audio: npt.NDArray[np.float32], opts: DecodeOptions) -> SegmentStats:
         """faster-whisper's own pipeline: features padded to Whisper's 30 s window."""
-        with self._lock:
+        with self._lock, self.speed.timing() as handled:
+            handled.append(len(audio) / SAMPLE_RATE)
             segments, _ = self.model.transcribe(
                 audio,
                 language="en",
@@ -220,7 +223,8 @@ class Recognizer:
         window[0, :, : features.shape[1]] = features[:, :frames]
         previous = self._tokenizer.encode(" " + opts.initial_prompt.strip()) if opts.initial_prompt else []
         prompt = self.model.get_prompt(self._tokenizer, previous, without_timestamps=True, hotwords=opts.hotwords)
-        with self._lock:
+        with self._lock, self.speed.timing() as handled:
+            handled.append(len(audio) / SAMPLE_RATE)
             result = self.model.model.generate(
                 ctranslate2.StorageView.from_array(window),
                 [prompt],

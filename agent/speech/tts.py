@@ -16,6 +16,8 @@ import numpy.typing as npt
 import onnxruntime
 from piper import PiperConfig, PiperVoice, SynthesisConfig
 
+from agent.speech.speed import RealTimeFactor
+
 
 class Synthesizer:
     """A Piper voice: `synthesize(text)` for a whole reply, `stream(text)` to speak sentence by sentence."""
@@ -30,14 +32,17 @@ class Synthesizer:
         # Piper scales every sentence to peak 1.0; a little headroom keeps resampling overshoot from clipping.
         self._config = SynthesisConfig(normalize_audio=True, volume=volume, **noise)
         self._lock = threading.Lock()
+        self.speed = RealTimeFactor()  # synthesis time per second of speech made
 
     def stream(self, text: str) -> Iterator[npt.NDArray[np.int16]]:
         """One int16 array per sentence, each ready as soon as it is synthesised (say the first one early)."""
         chunks = iter(self.voice.synthesize(text, self._config))
         while True:
             # Lock per sentence, not per reply: a slow consumer must not block the other calls.
-            with self._lock:
+            with self._lock, self.speed.timing() as made:
                 chunk = next(chunks, None)
+                if chunk is not None:
+                    made.append(len(chunk.audio_int16_array) / self.sample_rate)
             if chunk is None:
                 return
             yield chunk.audio_int16_array

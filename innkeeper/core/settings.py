@@ -243,6 +243,11 @@ class Settings(BaseSettings):
     )
 
     @property
+    def nightly_dir(self) -> Path:
+        """Where nightly tuning runs keep their state, reports and progress (one folder per run)."""
+        return self.home / "tuning" / "nightly"
+
+    @property
     def calls_dir(self) -> Path:
         return self.recordings_dir or self.home / "calls"
 

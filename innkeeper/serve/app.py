@@ -70,6 +70,7 @@ def create_app(
         speech = models or await asyncio.to_thread(load_speech_models, settings)
         admin.also_busy += [lambda: speech.recognizer.busy, lambda: speech.synthesizer.busy]
         app.state.services = CallServices(runtime=agent, models=speech)
+        app.state.services.metrics.watch_speech(speech)
         log.info("innkeeper ready: model %s", agent.llm.version if agent.llm else "templates only")
         poller = admin.start_polling()
         yield

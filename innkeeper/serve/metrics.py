@@ -42,6 +42,12 @@ class ServerMetrics:
         self.errors = Counter(
             "innkeeper_errors", "Server errors, by where they happened", ["where"], registry=self.registry
         )
+        self.real_time_factor = Gauge(
+            "innkeeper_speech_real_time_factor",
+            "Compute seconds per audio second since start-up",
+            ["engine"],
+            registry=self.registry,
+        )
         self.model = Info("innkeeper_model", "The model version answering callers", registry=self.registry)
 
     def call_ended(self, channel: str, reason: str | None, turns: Iterable[TurnRecord], barge_ins: int) -> None:
@@ -54,6 +60,25 @@ class ServerMetrics:
             v2v_ms = (turn.latencies or {}).get("v2v_server_ms")
             if v2v_ms is not None:
                 self.voice_to_voice.observe(float(v2v_ms) / 1000)
+
+    def watch_speech(self, models: object) -> None:
+        """Export the speech engines' real-time factors (compute seconds per audio second, since start-up)."""
+        for engine, name in (
+            (getattr(models, "recognizer", None), "asr"),
+            (getattr(models, "synthesizer", None), "tts"),
+        ):
+            speed = getattr(engine, "speed", None)
+            if speed is not None:
+                self.real_time_factor.labels(name).set_function(lambda speed=speed: speed.value or 0.0)
+
+    def snapshot(self) -> dict[str, float]:
+        """The counters' totals, for the dashboard's health page."""
+        totals: dict[str, float] = {}
+        for metric in self.registry.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+        return totals
 
     def exposition(self, model_version: str) -> bytes:
         self.model.info({"version": model_version})

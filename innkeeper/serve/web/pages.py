@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -18,6 +18,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 from pydantic import ValidationError
 
 from agent.call.calllog import CallNotFound, CallSummary, TurnRecord
@@ -27,7 +28,7 @@ from agent.understanding.action import ActionIntent, ActionSlots, TurnAction
 from innkeeper.core.accounts import Accounts
 from innkeeper.core.audit import AuditLog
 from innkeeper.core.hotel_edits import HotelEditError, HotelFacts
-from innkeeper.core.settings import Settings
+from innkeeper.core.settings import PROJECT_ROOT, Settings
 from innkeeper.serve.admin import AdminError
 from innkeeper.serve.auth import (
     CSRF_FIELD,
@@ -39,11 +40,24 @@ from innkeeper.serve.auth import (
     Staff,
     check_origin,
 )
+from innkeeper.serve.web.charts import line_chart
+from innkeeper.serve.web.runs import list_runs
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 AUDIO_LEGS = ("caller", "agent")
 SLOT_FIELDS = tuple(ActionSlots.model_fields)
 LIVE_KEEPALIVE_S = 15.0
+RESULTS_DIR = PROJECT_ROOT / "benchmarks" / "results"
+COMPARISON_PLOTS = ("forgetting.png", "forgetting_cycles.png", "forgetting_long.png")
+# (chart title, {series name: metric key in a version's metrics}) — what the nightly gate measures
+VERSION_CHARTS = (
+    ("Domain NLL on held-out calls (lower is better)", {"candidate": "domain_nll", "serving": "serving_domain_nll"}),
+    ("Chat KL from the base (lower is better)", {"KL": "chat_kl"}),
+    ("General-text NLL change, %", {"Δ%": "general_nll_delta_pct"}),
+    ("Refusals of harmful requests", {"candidate": "refusal", "base": "refusal_base"}),
+    ("Safe requests refused", {"candidate": "over_refusal", "base": "over_refusal_base"}),
+    ("Multiple-choice knowledge kept", {"share of base": "mc_retained"}),
+)
 NUMBER_SLOTS = frozenset({"nights", "adults", "children"})
 
 
@@ -290,6 +304,41 @@ def web_router(settings: Settings) -> APIRouter:
         await _audit(request, principal.name, "hotel.edit", f"version {version.version}", note=note)
         return RedirectResponse("/hotel", status_code=303)
 
+    # ------------------------------------------------------------------ health
+    @router.get("/health", response_class=HTMLResponse)
+    async def health(request: Request, principal: Staff, hours: int = 48) -> Response:
+        services = _services(request)
+        since = datetime.now(UTC) - timedelta(hours=max(1, min(hours, 24 * 14)))
+        hourly = await asyncio.to_thread(services.runtime.call_log.latency_by_hour, since)
+        labels = [h.hour.strftime("%d %H:00") for h in hourly]
+        chart = line_chart(
+            "Voice-to-voice at the server, ms", labels,
+            {"p50": [h.p50_ms for h in hourly], "p95": [h.p95_ms for h in hourly]}, width=640,
+        )  # fmt: skip
+        return _render(
+            request, "health.html", principal, hourly=hourly, chart=chart, hours=hours,
+            speed=_engine_speeds(services.models), counters=services.metrics.snapshot(),
+            active=len(services.active), serving=request.app.state.model_admin.status(),
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ tuning runs
+    @router.get("/tuning", response_class=HTMLResponse)
+    async def tuning(request: Request, principal: Staff) -> Response:
+        runs = await asyncio.to_thread(list_runs, settings.nightly_dir)
+        try:
+            versions = await request.app.state.model_admin.versions()
+        except AdminError:
+            versions = []
+        charts = _version_charts(sorted(versions, key=lambda v: str(v.get("created_at"))))
+        comparisons = [name for name in COMPARISON_PLOTS if (RESULTS_DIR / name).is_file()]
+        return _render(request, "tuning.html", principal, runs=runs, charts=charts, comparisons=comparisons)
+
+    @router.get("/tuning/plots/{name}")
+    async def comparison_plot(name: str, _: Staff) -> Response:
+        if name not in COMPARISON_PLOTS or not (RESULTS_DIR / name).is_file():
+            raise HTTPException(404, f"no plot {name!r}")
+        return FileResponse(RESULTS_DIR / name, media_type="image/png")
+
     # ------------------------------------------------------------------ models (admins change them)
     @router.get("/models", response_class=HTMLResponse)
     async def models(request: Request, principal: Staff) -> Response:
@@ -406,6 +455,30 @@ def _audio_path(call: CallSummary, leg: str, settings: Settings) -> Path | None:
     if not path.is_relative_to(settings.calls_dir.resolve()) or not path.is_file():
         return None
     return path
+
+
+def _engine_speeds(models: Any) -> dict[str, dict[str, Any]]:
+    """Each speech engine's real-time factor since start-up (compute per audio second) and its audio total."""
+    speeds = {}
+    for name, engine in (("speech recognition", models.recognizer), ("speech synthesis", models.synthesizer)):
+        speed = getattr(engine, "speed", None)
+        if speed is not None:
+            speeds[name] = {"rtf": speed.value, "audio_s": speed.audio_s, "runs": speed.runs}
+    return speeds
+
+
+def _version_charts(versions: list[dict[str, Any]]) -> list[Markup]:
+    """Domain proficiency and each retention measure across the registered versions, oldest first."""
+    labels = [str(v["id"]).split("-")[0] for v in versions]
+
+    def measure(key: str) -> list[float | None]:
+        values = [(v.get("metrics") or {}).get(key) for v in versions]
+        return [float(x) if isinstance(x, int | float) else None for x in values]
+
+    return [
+        line_chart(title, labels, {name: measure(key) for name, key in series.items()})
+        for title, series in VERSION_CHARTS
+    ]
 
 
 def _topic_answers(form: Any, kind: str) -> dict[str, str]:

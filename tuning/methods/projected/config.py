@@ -67,6 +67,8 @@ class ProjectedConfig(BaseModel):
     target_loss: float | None = None
     log_every: int = Field(default=1, ge=1)
     progress: bool = True
+    # A JSON file rewritten after every optimizer step ({step, of, loss, at}): the dashboard follows a run.
+    progress_file: str | None = None
 
     def eps_for(self, module: str) -> float:
         return _override(self.layer_eps, module, self.eps)
