@@ -45,6 +45,8 @@ STATE_CHANGES = [
             "check_out_time": "11 AM",
         },
     ),
+    ("/tuning/start", {}),
+    ("/tuning/stop", {}),
     ("/logout", {}),
 ]
 PAGES = [
@@ -489,3 +491,30 @@ def test_a_real_time_factor_is_compute_per_audio_second():
     with speed.timing() as handled:
         handled.append(10.0)
     assert speed.audio_s == 20.0 and speed.runs == 3
+
+
+def test_an_admin_starts_a_nightly_run_from_the_dashboard_as_its_own_process_and_can_stop_it(dashboard):
+    import time
+
+    operator, operator_csrf = sign_in(dashboard, "oscar")
+    assert operator.post(f"{dashboard.url}/tuning/start", data={"csrf_token": operator_csrf}).status_code == 403
+    session, csrf = sign_in(dashboard, "alice")
+    page = session.post(f"{dashboard.url}/tuning/start", data={"csrf_token": csrf})
+    assert page.status_code == 200 and "A run started here by alice is running" in page.text
+    again = session.post(f"{dashboard.url}/tuning/start", data={"csrf_token": csrf})
+    assert again.status_code == 409 and "still running" in again.json()["detail"]
+    # stopped at once (the child is still starting): nothing keeps running
+    stopped = session.post(f"{dashboard.url}/tuning/stop", data={"csrf_token": csrf})
+    assert stopped.status_code == 200 and "is running" not in stopped.text
+    assert session.post(f"{dashboard.url}/tuning/stop", data={"csrf_token": csrf}).status_code == 409
+    # run to its end: the child reads this server's settings (same database and home, no language model here),
+    # curates the booking call, and fails at training; the page shows the run and why
+    session.post(f"{dashboard.url}/tuning/start", data={"csrf_token": csrf})
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and "is running" in (page := session.get(f"{dashboard.url}/tuning").text):
+        time.sleep(1)
+    [run] = [p.parent.name for p in dashboard.runtime.settings.nightly_dir.glob("run-*/state.json")]
+    row = page[page.index(f'id="run-{run}"') :]
+    assert "failed" in row[:400] and "curate" in row[:600] and "language model &#39;none&#39;" in row
+    actions = [(e.action, e.actor) for e in AuditLog(dashboard.db).recent()]
+    assert actions.count(("tuning.start", "alice")) == 2 and ("tuning.stop", "alice") in actions

@@ -6,6 +6,7 @@ Every tunable lives here so that a deployment is configured in one place (env va
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
@@ -241,6 +242,16 @@ class Settings(BaseSettings):
         description="SGD dev dialogues (never trained on) the gate reads with the candidate and the serving model; "
         "0 = no understanding check.",
     )
+
+    def as_environment(self) -> dict[str, str]:
+        """These settings as INNKEEPER_* variables, for a child process (a job the dashboard starts) to read the
+        same configuration. A field set to None keeps the child's default: a variable cannot say None."""
+        environment = {}
+        for name, value in self.model_dump(mode="json").items():
+            if value is not None:
+                text = value if isinstance(value, str) else json.dumps(value)
+                environment[f"INNKEEPER_{name.upper()}"] = text
+        return environment
 
     @property
     def nightly_dir(self) -> Path:

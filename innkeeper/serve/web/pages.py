@@ -41,6 +41,7 @@ from innkeeper.serve.auth import (
     check_origin,
 )
 from innkeeper.serve.web.charts import line_chart
+from innkeeper.serve.web.jobs import JobBusy, NightlyJobs
 from innkeeper.serve.web.runs import list_runs
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -324,14 +325,34 @@ def web_router(settings: Settings) -> APIRouter:
     # ------------------------------------------------------------------ tuning runs
     @router.get("/tuning", response_class=HTMLResponse)
     async def tuning(request: Request, principal: Staff) -> Response:
-        runs = await asyncio.to_thread(list_runs, settings.nightly_dir)
+        jobs: NightlyJobs = request.app.state.jobs
+        job = jobs.job if jobs.job is not None and jobs.job.running else None
+        runs = await asyncio.to_thread(list_runs, settings.nightly_dir, job_running=job is not None)
         try:
             versions = await request.app.state.model_admin.versions()
         except AdminError:
             versions = []
         charts = _version_charts(sorted(versions, key=lambda v: str(v.get("created_at"))))
         comparisons = [name for name in COMPARISON_PLOTS if (RESULTS_DIR / name).is_file()]
-        return _render(request, "tuning.html", principal, runs=runs, charts=charts, comparisons=comparisons)
+        return _render(request, "tuning.html", principal, runs=runs, charts=charts, comparisons=comparisons, job=job)
+
+    @router.post("/tuning/start")
+    async def start_nightly(request: Request, principal: AdminOnly) -> Response:
+        """Start a nightly run now (it skips when no new calls came in, as the scheduled one does)."""
+        try:
+            job = await asyncio.to_thread(request.app.state.jobs.start, principal.name)
+        except JobBusy as err:
+            raise HTTPException(409, str(err)) from None
+        await _audit(request, principal.name, "tuning.start", f"pid {job.process.pid}")
+        return RedirectResponse("/tuning", status_code=303)
+
+    @router.post("/tuning/stop")
+    async def stop_nightly(request: Request, principal: AdminOnly) -> Response:
+        """Stop the run started here; the next run resumes it from its last finished step."""
+        if not await asyncio.to_thread(request.app.state.jobs.stop):
+            raise HTTPException(409, "no nightly run started from the dashboard is running")
+        await _audit(request, principal.name, "tuning.stop")
+        return RedirectResponse("/tuning", status_code=303)
 
     @router.get("/tuning/plots/{name}")
     async def comparison_plot(name: str, _: Staff) -> Response:

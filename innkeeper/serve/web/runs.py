@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 NIGHTLY_STEPS = ("curate", "train", "evaluate", "gate", "register", "promote")
-STALE_PROGRESS_S = 600  # no step for this long: the run is not training any more (stopped or killed)
+STALE_PROGRESS_S = 600  # a step this recent: a run started elsewhere (cron) is still training
 
 
 @dataclass(frozen=True)
 class RunView:
     id: str
-    status: str  # running | promoted | registered | rejected | skipped | failed | stopped
+    status: str  # running | unfinished (resumes next run) | promoted | registered | rejected | skipped | failed
     done: list[str]
     progress: dict[str, Any] | None  # the train step: {step, of, loss, at}
     report: dict[str, Any] = field(default_factory=dict)
@@ -35,15 +35,15 @@ class RunView:
         return int(100 * self.progress["step"] / self.progress["of"])
 
 
-def list_runs(nightly_dir: Path, limit: int = 30) -> list[RunView]:
-    """The newest runs first."""
+def list_runs(nightly_dir: Path, *, job_running: bool = False, limit: int = 30) -> list[RunView]:
+    """The newest runs first. `job_running`: a run started from the dashboard is alive (the newest is it)."""
     if not nightly_dir.is_dir():
         return []
     folders = sorted((p for p in nightly_dir.iterdir() if p.is_dir()), key=lambda p: p.name, reverse=True)
-    return [_view(folder) for folder in folders[:limit]]
+    return [_view(folder, alive=job_running and n == 0) for n, folder in enumerate(folders[:limit])]
 
 
-def _view(folder: Path) -> RunView:
+def _view(folder: Path, *, alive: bool) -> RunView:
     state = _read(folder / "state.json") or {}
     report = _read(folder / "report.json") or {}
     progress = _read(folder / "progress.json")
@@ -52,10 +52,10 @@ def _view(folder: Path) -> RunView:
         status = str(report.get("status", "finished"))
     elif state.get("error"):
         status = "failed"
-    elif progress and time.time() - float(progress.get("at", 0)) > STALE_PROGRESS_S:
-        status = "stopped"
-    else:
+    elif alive or (progress and time.time() - float(progress.get("at", 0)) < STALE_PROGRESS_S):
         status = "running"
+    else:
+        status = "unfinished"  # stopped or killed: the next run resumes it
     return RunView(folder.name, status, done, progress, report, state.get("error"))
 
 
