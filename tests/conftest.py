@@ -13,18 +13,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-import uvicorn
 from sqlalchemy.engine import make_url
 
 from agent.reply.llm import build_tiny_chat_model
@@ -32,6 +27,7 @@ from innkeeper.core.db.database import Database, DatabaseUnavailable
 from innkeeper.core.db.schema import Base
 from innkeeper.core.hotel import HotelProfile, load_hotel
 from innkeeper.core.settings import PROJECT_ROOT, Settings
+from innkeeper.simulation.server_process import serve_in_thread as serving  # noqa: F401 (tests import it here)
 
 POSTGRES_URL_VAR = "INNKEEPER_TEST_POSTGRES_URL"
 
@@ -129,28 +125,3 @@ def _url_from_env_file() -> str | None:
         if name.strip() == POSTGRES_URL_VAR:
             return value.strip()
     return None
-
-
-@contextlib.contextmanager
-def serving(app) -> Iterator[str]:
-    """The app under uvicorn in a thread, on a free port: yields its "host:port"."""
-    from telephony import plain_protocol
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app, ws_max_size=plain_protocol.MAX_BINARY_MESSAGE_BYTES + 1024, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started and time.monotonic() < deadline and thread.is_alive():
-        time.sleep(0.05)
-    assert server.started, "server did not start"
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)

@@ -10,8 +10,6 @@ running agent serves it. `make test` installs Chromium from Debian's packages; w
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,25 +21,15 @@ from innkeeper.core.settings import Settings
 from innkeeper.models.registry import ModelRegistry
 from innkeeper.serve.app import create_app
 from innkeeper.serve.runtime import AgentRuntime
+from innkeeper.simulation.browser import CHROMIUM, CHROMIUM_ARGS, chromium_available
 from tests.conftest import serving
 from tests.test_dashboard import BOOKING_CALL, PASSWORD, TODAY, StubSpeech, _place_call
-
-CHROMIUM = os.environ.get("INNKEEPER_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-# Flags for a closed network: no background connections, no sandbox (tests run as root in CI).
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.fixture(scope="module")
 def playwright() -> Iterator[object]:
     """One Playwright driver per module (its sync API runs an event loop in this thread)."""
-    if not os.path.exists(CHROMIUM):
+    if not chromium_available():
         pytest.skip(f"no Chromium at {CHROMIUM}: `make test` installs Debian's chromium (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 

@@ -1,16 +1,20 @@
-"""`innkeeper serve` in a child process on a free port: what the demo, the latency benchmark and scripted
-voice calls talk to."""
+"""A server to talk to: `innkeeper serve` in a child process on a free port (the demo, the latency benchmark,
+scripted voice calls), or an app object under uvicorn in a thread (tests, the dashboard screenshots)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 class ServerProcess:
@@ -83,3 +87,31 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any) -> Iterator[str]:
+    """The app under uvicorn in a thread, on a free port: yields its "host:port"."""
+    import uvicorn
+
+    from telephony import plain_protocol
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app, ws_max_size=plain_protocol.MAX_BINARY_MESSAGE_BYTES + 1024, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.05)
+    if not server.started:
+        raise RuntimeError("the server did not start within 120 s")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

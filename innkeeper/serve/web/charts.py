@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from html import escape
 
@@ -28,8 +29,10 @@ def line_chart(
         parts.append(f'<text x="{pad_left}" y="{height // 2}" font-size="12" fill="#6b7480">no data yet</text></svg>')
         return Markup("".join(parts))
     low, high = min(values), max(values)
-    if high - low < 1e-12:
-        low, high = low - 1, high + 1
+    if high - low < 1e-12:  # a flat line: a little room above and below, not a made-up scale
+        pad = max(abs(low) * 0.05, 0.01)
+        low, high = low - pad, high + pad
+    decimals = min(6, max(0, 2 - math.floor(math.log10(high - low))))
     plot_w, plot_h = width - pad_left - pad_right, height - pad_top - pad_bottom
 
     def x(i: int) -> float:
@@ -39,7 +42,8 @@ def line_chart(
         return pad_top + plot_h * (1 - (v - low) / (high - low))
 
     for v in (low, high):
-        parts.append(f'<text x="{pad_left - 6}" y="{y(v) + 4:.1f}" font-size="10" text-anchor="end">{v:.3g}</text>')
+        tick = f"{v:.{decimals}f}"
+        parts.append(f'<text x="{pad_left - 6}" y="{y(v) + 4:.1f}" font-size="10" text-anchor="end">{tick}</text>')
     parts.append(f'<line x1="{pad_left}" y1="{pad_top + plot_h}" x2="{width - pad_right}" y2="{pad_top + plot_h}" '
                  'stroke="#dde2e8"/>')  # fmt: skip
     for i, label in enumerate(labels):
