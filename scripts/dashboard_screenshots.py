@@ -57,6 +57,7 @@ def capture(home: Path, out: Path) -> None:
     from innkeeper.serve.speech import load_speech_models
     from innkeeper.simulation.caller_lines import lines_from_text
     from innkeeper.simulation.server_process import serve_in_thread
+    from innkeeper.simulation.text_callers import say_lines
     from innkeeper.simulation.voice_caller import place_call
     from tuning.gate import OPEN_GATE_SETTINGS
     from tuning.nightly import run_nightly
@@ -74,7 +75,7 @@ def capture(home: Path, out: Path) -> None:
     Accounts(db).add("alice", PASSWORD, "admin")
     runtime = AgentRuntime(settings, llm=None, db=db)
     for script in (DEMO_SCRIPT, *OTHER_CALLS):
-        asyncio.run(_text_call(runtime, script))
+        asyncio.run(say_lines(runtime, script))
     first_call = runtime.call_log.search(limit=20)[-1]
     reading = TurnAction(intents=[ActionIntent.BOOK], slots=ActionSlots(check_in="Dec. 7", nights=4))
     Corrections(db).add(first_call.id, 2, reading, author="alice", note="arrival and nights in one sentence")
@@ -93,16 +94,6 @@ def capture(home: Path, out: Path) -> None:
             target=lambda: asyncio.run(place_call(f"ws://{host}/twilio/stream", lines, protocol="twilio"))
         )
         _browse(url, out, voice, runtime)
-
-
-async def _text_call(runtime, lines) -> None:
-    convo = runtime.new_conversation(caller_number="+12075550199")
-    await convo.start()
-    for line in lines:
-        if convo.ended:
-            break
-        await convo.reply(line)
-    await convo.close()
 
 
 def _browse(url: str, out: Path, voice: threading.Thread, runtime) -> None:

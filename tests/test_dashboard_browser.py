@@ -22,6 +22,7 @@ from innkeeper.models.registry import ModelRegistry
 from innkeeper.serve.app import create_app
 from innkeeper.serve.runtime import AgentRuntime
 from innkeeper.simulation.browser import CHROMIUM, CHROMIUM_ARGS, chromium_available
+from innkeeper.simulation.text_callers import say_lines
 from tests.conftest import serving
 from tests.test_dashboard import BOOKING_CALL, PASSWORD, TODAY, StubSpeech, _place_call
 
@@ -51,11 +52,7 @@ def outside_the_browsers_loop(coroutine):
 
 
 async def _replies(runtime: AgentRuntime, lines: list[str]) -> list[str]:
-    convo = runtime.new_conversation()
-    await convo.start()
-    replies = [await convo.reply(line) for line in lines]
-    await convo.close()
-    return replies
+    return (await say_lines(runtime, lines)).replies
 
 
 def sign_in(browser, url: str, username: str):

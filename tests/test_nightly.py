@@ -20,6 +20,7 @@ from agent.understanding.action import ActionIntent, TurnAction
 from innkeeper.core.settings import Settings
 from innkeeper.models.registry import ModelRegistry, VersionStatus
 from innkeeper.serve.runtime import AgentRuntime
+from innkeeper.simulation.text_callers import say_lines
 from tuning.gate import OPEN_GATE_SETTINGS
 from tuning.nightly import nightly_root, run_nightly
 from tuning.pipeline import CorpusSize
@@ -56,18 +57,7 @@ def nightly_settings(tmp_path, sqlite_db) -> Settings:
 
 def place_calls(settings: Settings, db, scripts) -> list[str]:
     runtime = AgentRuntime(settings, llm=None, db=db)
-
-    async def one(lines) -> str:
-        convo = runtime.new_conversation(caller_number="+12075550199")
-        await convo.start()
-        for line in lines:
-            if convo.ended:
-                break
-            await convo.reply(line)
-        await convo.close()
-        return convo.call_id
-
-    return [asyncio.run(one(lines)) for lines in scripts]
+    return [asyncio.run(say_lines(runtime, lines)).call_id for lines in scripts]
 
 
 def nightly(settings, db, **kw):

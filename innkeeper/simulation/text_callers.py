@@ -495,3 +495,24 @@ async def place_calls(
         "booked": sum(c.booked_code is not None for c in calls),
         "distinct_callers": len({s.persona.number for s in scripts}),
     }
+
+
+@dataclass(frozen=True)
+class FixedCall:
+    call_id: str
+    replies: list[str]
+
+
+async def say_lines(
+    runtime: Any, lines: list[str] | tuple[str, ...], *, caller_number: str = "+12075550199"
+) -> FixedCall:
+    """A text call that says fixed `lines` in order (stopping if the agent ends the call) through the runtime."""
+    convo = runtime.new_conversation(caller_number=caller_number)
+    await convo.start()
+    replies = []
+    for line in lines:
+        if convo.ended:
+            break
+        replies.append(await convo.reply(line))
+    await convo.close()
+    return FixedCall(convo.call_id, replies)
