@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 CLOSE_NORMAL = 1000
 CLOSE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN_LATER = 1013  # every line is busy: the server takes no more calls just now
 
 
 class WebSocketSender:

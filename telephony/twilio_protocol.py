@@ -267,10 +267,14 @@ def outbound_clear(stream_sid: str) -> str:
 # --- HTTP side: TwiML and webhook signatures -----------------------------------------------------------
 
 
-def twiml_connect_stream(ws_url: str, parameters: Mapping[str, str] | None = None) -> str:
+def twiml_connect_stream(
+    ws_url: str, parameters: Mapping[str, str] | None = None, *, then_dial: str | None = None
+) -> str:
     """The TwiML answer to an incoming-call webhook: a bidirectional stream to `ws_url` (must be wss://).
 
     `parameters` arrive in the `start` message as `customParameters` (Twilio passes no query string on).
+    `then_dial`: a number Twilio dials when the stream ends without the caller hanging up — the agent
+    closes the stream to hand a caller to the front desk.
     """
     if not ws_url.startswith("wss://"):
         raise ValueError(f"Twilio only connects media streams to wss:// URLs, got {ws_url!r}")
@@ -281,6 +285,19 @@ def twiml_connect_stream(ws_url: str, parameters: Mapping[str, str] | None = Non
         stream.parameter(name=name, value=value)
     connect.append(stream)
     response.append(connect)
+    if then_dial:
+        response.dial(then_dial)
+    return str(response)
+
+
+def twiml_busy(message: str, *, dial: str | None = None) -> str:
+    """The answer when every line is taken: say so, then hand the caller to `dial`, or hang up."""
+    response = VoiceResponse()
+    response.say(message)
+    if dial:
+        response.dial(dial)
+    else:
+        response.hangup()
     return str(response)
 
 

@@ -38,7 +38,7 @@ from innkeeper.core.audit import AuditLog
 from innkeeper.core.settings import Settings
 from innkeeper.serve.admin import ModelAdmin, install_admin
 from innkeeper.serve.auth import require
-from innkeeper.serve.calls import CallServices, serve_plain, serve_twilio
+from innkeeper.serve.calls import BUSY_MESSAGE, CallServices, serve_plain, serve_twilio
 from innkeeper.serve.runtime import AgentRuntime
 from innkeeper.serve.speech import load_speech_models
 from innkeeper.serve.web import install_web
@@ -114,9 +114,14 @@ def create_app(
             if not twilio_protocol.validate_signature(settings.twilio_auth_token, url, form, signature):
                 log.warning("rejected webhook with a bad signature from %s", request.client)
                 raise HTTPException(status_code=403, detail="invalid X-Twilio-Signature")
+        services: CallServices = request.app.state.services
+        if services.at_capacity():
+            services.refuse_busy("twilio")
+            twiml = twilio_protocol.twiml_busy(BUSY_MESSAGE, dial=settings.front_desk_number)
+            return Response(content=twiml, media_type="application/xml")
         stream_url = _public_url(request, settings, path=TWILIO_STREAM_PATH, websocket=True)
         parameters = {"caller": form.get("From", ""), "called": form.get("To", "")}
-        twiml = twilio_protocol.twiml_connect_stream(stream_url, parameters)
+        twiml = twilio_protocol.twiml_connect_stream(stream_url, parameters, then_dial=settings.front_desk_number)
         return Response(content=twiml, media_type="application/xml")
 
     @app.websocket(TWILIO_STREAM_PATH)

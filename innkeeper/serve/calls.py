@@ -27,9 +27,18 @@ from telephony import plain_protocol as plain
 from telephony import twilio_protocol as twilio
 from telephony.codec import pcm16_to_float32
 from telephony.resample import ASR_RATE, PHONE_RATE, StreamResampler
-from telephony.transports import CLOSE_NORMAL, CLOSE_TOO_BIG, PlainTransport, TwilioTransport, WebSocketSender
+from telephony.transports import (
+    CLOSE_NORMAL,
+    CLOSE_TOO_BIG,
+    CLOSE_TRY_AGAIN_LATER,
+    PlainTransport,
+    TwilioTransport,
+    WebSocketSender,
+)
 
 log = logging.getLogger(__name__)
+
+BUSY_MESSAGE = "All our lines are busy right now. Please call again in a few minutes."
 
 
 @dataclass
@@ -45,6 +54,15 @@ class CallServices:
 
     def __post_init__(self) -> None:
         self.metrics.calls_active.set_function(lambda: len(self.active))
+
+    def at_capacity(self) -> bool:
+        """Every line is taken (`INNKEEPER_MAX_CALLS`): a new call is answered politely and not taken."""
+        limit = self.runtime.settings.max_calls
+        return limit > 0 and len(self.active) >= limit
+
+    def refuse_busy(self, channel: str) -> None:
+        self.metrics.calls_refused.labels("busy").inc()
+        log.warning("%s call refused: all %d lines busy", channel, self.runtime.settings.max_calls)
 
 
 async def serve_twilio(ws: WebSocket, services: CallServices) -> None:
@@ -187,6 +205,11 @@ async def _plain_control(
         if call is not None:
             await transport.error("the call has started already")
             return call, False
+        if services.at_capacity():
+            services.refuse_busy("web")
+            await transport.error(BUSY_MESSAGE)
+            await transport.sender.close(CLOSE_TRY_AGAIN_LATER)
+            return call, True
         call = await _open_call(services, transport, "web", message.caller, {}, caller_rate=plain.SAMPLE_RATE)
         await transport.ready(call.conversation.planned_call_id)
         return call, False

@@ -25,6 +25,12 @@ class ServerMetrics:
         self.calls = Counter(
             "innkeeper_calls", "Calls ended, by channel and end reason", ["channel", "reason"], registry=self.registry
         )
+        self.calls_refused = Counter(
+            "innkeeper_calls_refused",
+            "Calls not taken, by reason (busy: every line taken)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.calls_active = Gauge("innkeeper_calls_active", "Calls in progress", registry=self.registry)
         self.turns = Counter(
             "innkeeper_turns", "Agent turns, by who spoke (model or template)", ["worded_by"], registry=self.registry
