@@ -96,7 +96,13 @@ async def run_level(url: str, lines: list[CallerLine], calls: int) -> list[CallR
     async def one(index: int) -> CallReport | str:
         await asyncio.sleep(index * STAGGER_S)
         try:
-            return await place_call(call_url(url, "twilio"), lines, protocol="twilio", caller_id=f"+1555555{index:04d}")
+            return await place_call(
+                call_url(url, "twilio"),
+                lines,
+                protocol="twilio",
+                caller_id=f"+1555555{index:04d}",
+                twilio_auth_token=Settings().twilio_auth_token,  # the server checks streams when one is set
+            )
         except CallError as exc:
             return str(exc)
 

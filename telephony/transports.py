@@ -23,6 +23,7 @@ from telephony.resample import PHONE_RATE
 log = logging.getLogger(__name__)
 
 CLOSE_NORMAL = 1000
+CLOSE_POLICY = 1008  # a connection the server will not serve (e.g. a stream not opened by our webhook)
 CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN_LATER = 1013  # every line is busy: the server takes no more calls just now
 

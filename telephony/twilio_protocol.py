@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
@@ -299,6 +301,16 @@ def twiml_busy(message: str, *, dial: str | None = None) -> str:
     else:
         response.hangup()
     return str(response)
+
+
+def stream_token(auth_token: str, call_sid: str) -> str:
+    """The token the webhook puts in the stream's parameters, bound to this call: only a stream that Twilio
+    opened from our own TwiML (after a signed webhook) can carry it."""
+    return hmac.new(auth_token.encode(), f"stream:{call_sid}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def valid_stream_token(auth_token: str, call_sid: str, token: str | None) -> bool:
+    return bool(token) and hmac.compare_digest(stream_token(auth_token, call_sid), str(token))
 
 
 def validate_signature(

@@ -21,6 +21,7 @@ import pytest
 import websockets
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from agent.call.voice_config import SpeechModels
 from innkeeper.core.settings import Settings
@@ -32,6 +33,7 @@ from innkeeper.simulation.voice_caller import place_call
 from telephony import plain_protocol
 from telephony.codec import pcm16_to_bytes
 from telephony.resample import resample
+from telephony.twilio_protocol import stream_token
 
 from .conftest import serving
 
@@ -111,7 +113,15 @@ def _wait_idle(server: LiveServer, timeout: float = 20.0, max_tasks: int | None 
 
 def test_twilio_call_books_a_room_and_records_both_legs(live_server, synthesizer, tmp_path):
     lines = lines_from_text(BOOKING, synthesizer)
-    report = asyncio.run(place_call(f"{live_server.ws}/twilio/stream", lines, protocol="twilio", record_dir=tmp_path))
+    report = asyncio.run(
+        place_call(
+            f"{live_server.ws}/twilio/stream",
+            lines,
+            protocol="twilio",
+            record_dir=tmp_path,
+            twilio_auth_token=AUTH_TOKEN,
+        )
+    )
     assert all(turn.answered for turn in report.turns), [(t.text, t.answered) for t in report.turns]
     record = _get(f"{live_server.http}/api/calls?call_sid={report.call_id}")
     transcript = [(t["role"], t["text"]) for t in record["turns"]]
@@ -147,7 +157,9 @@ def test_barge_in_clears_within_a_frame_and_logs_only_heard_words(live_server, s
     lines.append(CallerLine(interrupt.audio, interrupt.rate, interrupt.text, start_after_agent_audio_ms=1500))
     # A patient caller (3 s of quiet before the next line or hanging up): on a busy machine a reply can
     # stall between sentences, and the barge-in's answer can take seconds.
-    call = place_call(f"{live_server.ws}/twilio/stream", lines, protocol="twilio", gap_after_reply_s=3.0)
+    call = place_call(
+        f"{live_server.ws}/twilio/stream", lines, protocol="twilio", gap_after_reply_s=3.0, twilio_auth_token=AUTH_TOKEN
+    )
     report = asyncio.run(call)
     assert report.clears, "no clear was sent"
     call_id = live_server.runtime.call_log.find_call("call_sid", report.call_id)
@@ -171,7 +183,9 @@ def test_backchannel_does_not_interrupt(live_server, synthesizer):
     lines = lines_from_text(["I need a room for two nights starting December seventh.", "Two adults."], synthesizer)
     murmur = lines_from_text(["Okay."], synthesizer)[0]  # Piper spells "mhm" out as letters
     lines.append(CallerLine(murmur.audio, murmur.rate, murmur.text, start_after_agent_audio_ms=1500))
-    report = asyncio.run(place_call(f"{live_server.ws}/twilio/stream", lines, protocol="twilio"))
+    report = asyncio.run(
+        place_call(f"{live_server.ws}/twilio/stream", lines, protocol="twilio", twilio_auth_token=AUTH_TOKEN)
+    )
     call_id = live_server.runtime.call_log.find_call("call_sid", report.call_id)
     record = _record(live_server, call_id)
     turns = record["turns"]
@@ -217,7 +231,8 @@ def _twilio_start(stream_sid: str = "MZtest", call_sid: str = "CAbad") -> str:
                 "callSid": call_sid,
                 "tracks": ["inbound"],
                 "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-                "customParameters": {"caller": "+15555550199"},
+                # the token this server's signed webhook gives the call (AUTH_TOKEN is configured)
+                "customParameters": {"caller": "+15555550199", "token": stream_token(AUTH_TOKEN, call_sid)},
             },
         }
     )
@@ -403,3 +418,24 @@ def test_webhook_signature_is_checked(live_server):
     status, twiml = post(RequestValidator(AUTH_TOKEN).compute_signature(url, form))
     assert status == 200
     assert "<Connect><Stream" in twiml and "/twilio/stream" in twiml and 'value="+15555550100"' in twiml
+    # the stream is bound to this signed webhook: its TwiML carries the call's token
+    assert f'name="token" value="{stream_token(AUTH_TOKEN, "CAsig")}"' in twiml
+
+
+def test_a_media_stream_our_webhook_did_not_open_is_closed_before_any_call(live_server):
+    """A stream start without the token (or with another call's) is someone dialling the websocket directly."""
+    from websockets.sync.client import connect
+
+    calls_before = len(live_server.runtime.call_log.search(limit=1000))
+    for token in (None, "0" * 32, stream_token(AUTH_TOKEN, "CAother")):
+        parameters = {"caller": "+15555550100"} | ({"token": token} if token else {})
+        start = {"event": "start", "sequenceNumber": "1", "streamSid": "MZx", "start": {
+            "accountSid": "ACx", "streamSid": "MZx", "callSid": "CAmine", "tracks": ["inbound"],
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            "customParameters": parameters}}  # fmt: skip
+        with connect(f"{live_server.ws}/twilio/stream", open_timeout=10) as ws:
+            ws.send(json.dumps(start))
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=10)
+            assert ws.close_code == 1008
+    assert len(live_server.runtime.call_log.search(limit=1000)) == calls_before

@@ -113,7 +113,16 @@ def call(
     record_dir = out or settings.home / "caller" / datetime.now().strftime("%Y%m%d-%H%M%S")
     console.print(f"[bold]calling {target}[/] ({protocol}, {len(lines)} lines)")
     try:
-        report = asyncio.run(place_call(target, lines, protocol=protocol, caller_id=caller, record_dir=record_dir))
+        report = asyncio.run(
+            place_call(
+                target,
+                lines,
+                protocol=protocol,
+                caller_id=caller,
+                record_dir=record_dir,
+                twilio_auth_token=settings.twilio_auth_token,
+            )
+        )
     except ConnectFailed as exc:
         err_console.print(f"[red]{exc}: is `innkeeper serve` running?")
         raise typer.Exit(1) from None

@@ -75,7 +75,15 @@ def _voice_demo(settings: Settings, *, llm: bool) -> None:
     with ServerProcess(home, env={"INNKEEPER_DATABASE_URL": demo_db}, llm=llm) as server:
         target = call_url(server.url, "twilio")
         console.print(f"placing a phone call to {target} (Twilio Media Streams, 8 kHz mu-law, real time)")
-        report = asyncio.run(place_call(target, lines, protocol="twilio", record_dir=home / "recording"))
+        report = asyncio.run(
+            place_call(
+                target,
+                lines,
+                protocol="twilio",
+                record_dir=home / "recording",
+                twilio_auth_token=settings.twilio_auth_token,  # the server checks streams when one is set
+            )
+        )
         transcript = call_transcript(report, target, server.token)
         stages = _server_stages(server.http, report.call_id, server.token)
     for role, line in transcript:

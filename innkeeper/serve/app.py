@@ -121,6 +121,8 @@ def create_app(
             return Response(content=twiml, media_type="application/xml")
         stream_url = _public_url(request, settings, path=TWILIO_STREAM_PATH, websocket=True)
         parameters = {"caller": form.get("From", ""), "called": form.get("To", "")}
+        if settings.twilio_auth_token:  # binds the media stream to this signed webhook (checked at its start)
+            parameters["token"] = twilio_protocol.stream_token(settings.twilio_auth_token, form.get("CallSid", ""))
         twiml = twilio_protocol.twiml_connect_stream(stream_url, parameters, then_dial=settings.front_desk_number)
         return Response(content=twiml, media_type="application/xml")
 

@@ -29,6 +29,7 @@ from telephony.codec import pcm16_to_float32
 from telephony.resample import ASR_RATE, PHONE_RATE, StreamResampler
 from telephony.transports import (
     CLOSE_NORMAL,
+    CLOSE_POLICY,
     CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN_LATER,
     PlainTransport,
@@ -107,6 +108,10 @@ class _TwilioStream:
     async def _dispatch(self, event: twilio.InboundMessage) -> bool:
         if isinstance(event, twilio.StartMessage):
             if self.call is None:
+                if not _stream_is_ours(event, self.services):
+                    _reject(self.services, "twilio: a stream start without our webhook's token (closed)")
+                    await self.sender.close(CLOSE_POLICY)
+                    return False
                 self.call = await _start_twilio_call(event, self.sender, self.services)
             return True
         if self.call is None:
@@ -123,6 +128,15 @@ class _TwilioStream:
         elif isinstance(event, twilio.StopMessage):
             return False
         return True
+
+
+def _stream_is_ours(start: twilio.StartMessage, services: CallServices) -> bool:
+    """With a Twilio auth token configured, a stream must carry the token our signed webhook gave its call."""
+    auth_token = services.runtime.settings.twilio_auth_token
+    if not auth_token:
+        return True
+    token = (start.start.custom_parameters or {}).get("token")
+    return twilio.valid_stream_token(auth_token, start.start.call_sid, token)
 
 
 async def _start_twilio_call(start: twilio.StartMessage, sender: WebSocketSender, services: CallServices) -> VoiceCall:

@@ -154,11 +154,14 @@ class TwilioWire:
 
     rate = PHONE_RATE
 
-    def __init__(self, caller_id: str) -> None:
+    def __init__(self, caller_id: str, auth_token: str | None = None) -> None:
+        """`auth_token`: the Twilio account's, when the server checks it: the stream then carries the token the
+        server's signed webhook would have put in the TwiML for this call."""
         self.stream_sid = f"MZ{secrets.token_hex(16)}"
         self.call_sid = f"CA{secrets.token_hex(16)}"
         self.account_sid = f"AC{secrets.token_hex(16)}"
         self.caller_id = caller_id
+        self.auth_token = auth_token
         self._sequence = 0
         self._chunk = 0
 
@@ -172,6 +175,8 @@ class TwilioWire:
             "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": tw.TWILIO_SAMPLE_RATE, "channels": 1},
             "customParameters": {"caller": self.caller_id},
         }
+        if self.auth_token:
+            start["customParameters"]["token"] = tw.stream_token(self.auth_token, self.call_sid)
         await ws.send(self._message("start", start=start))
         return self.call_sid
 

@@ -314,13 +314,17 @@ async def place_call(
     reply_timeout_s: float = 30.0,
     gap_after_reply_s: float = 1.2,
     record_dir: Path | None = None,
+    twilio_auth_token: str | None = None,
 ) -> CallReport:
     """Call the server at `url` (a full websocket URL: see `call_url`), say `lines` in turn, and report.
+
+    `twilio_auth_token`: the account's token when the server checks it (its streams must carry the token its
+    signed webhook hands out).
 
     Raises `ConnectFailed` when there is no connection and `CallError` when the plain server never says
     `ready`; once the call is up, anything the server does (bad messages, closing early) ends up in the report.
     """
-    wire = make_wire(protocol, caller_id)
+    wire = make_wire(protocol, caller_id, twilio_auth_token)
     try:
         ws = await connect(url, max_size=MAX_SERVER_MESSAGE_BYTES, compression=None, open_timeout=CONNECT_TIMEOUT_S)
     except (OSError, InvalidURI, InvalidHandshake, TimeoutError) as exc:
@@ -335,9 +339,9 @@ async def place_call(
     return report
 
 
-def make_wire(protocol: CallProtocol, caller_id: str) -> Wire:
+def make_wire(protocol: CallProtocol, caller_id: str, twilio_auth_token: str | None = None) -> Wire:
     if protocol == "twilio":
-        return TwilioWire(caller_id)
+        return TwilioWire(caller_id, twilio_auth_token)
     if protocol == "plain":
         return PlainWire(caller_id)
     raise ValueError(f"unknown protocol {protocol!r}: 'twilio' or 'plain'")
