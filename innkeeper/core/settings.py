@@ -209,6 +209,12 @@ class Settings(BaseSettings):
         "call beyond it hears that the lines are busy and is handed to the front desk or asked to call back; "
         "0 = no limit.",
     )
+    calls_per_source_per_minute: int = Field(
+        default=30,
+        ge=0,
+        description="New calls per minute from one caller number (phone) or one address (/ws/call); more are "
+        "refused politely; 0 = no limit.",
+    )
     front_desk_number: str | None = Field(
         default=None,
         description="The number Twilio dials when the agent hands a caller over, or when every line is busy.",

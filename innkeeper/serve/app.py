@@ -38,7 +38,7 @@ from innkeeper.core.audit import AuditLog
 from innkeeper.core.settings import Settings
 from innkeeper.serve.admin import ModelAdmin, install_admin
 from innkeeper.serve.auth import require
-from innkeeper.serve.calls import BUSY_MESSAGE, CallServices, serve_plain, serve_twilio
+from innkeeper.serve.calls import CallServices, serve_plain, serve_twilio
 from innkeeper.serve.runtime import AgentRuntime
 from innkeeper.serve.speech import load_speech_models
 from innkeeper.serve.web import install_web
@@ -115,9 +115,10 @@ def create_app(
                 log.warning("rejected webhook with a bad signature from %s", request.client)
                 raise HTTPException(status_code=403, detail="invalid X-Twilio-Signature")
         services: CallServices = request.app.state.services
-        if services.at_capacity():
-            services.refuse_busy("twilio")
-            twiml = twilio_protocol.twiml_busy(BUSY_MESSAGE, dial=settings.front_desk_number)
+        # per caller number: webhooks all come from Twilio's addresses
+        refusal = services.admit(f"caller:{form.get('From', '')}", "twilio")
+        if refusal is not None:
+            twiml = twilio_protocol.twiml_busy(refusal, dial=settings.front_desk_number)
             return Response(content=twiml, media_type="application/xml")
         stream_url = _public_url(request, settings, path=TWILIO_STREAM_PATH, websocket=True)
         parameters = {"caller": form.get("From", ""), "called": form.get("To", "")}

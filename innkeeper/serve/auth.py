@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import time
-from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -26,6 +24,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 
 from innkeeper.core.accounts import Accounts
 from innkeeper.core.settings import Settings
+from innkeeper.serve.limits import SlidingWindow
 
 SESSION_COOKIE = "innkeeper_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -130,27 +129,21 @@ class LoginThrottle:
     """At most `limit` failed sign-ins per user name and per client address in a sliding `window_s`."""
 
     def __init__(self, limit: int, window_s: float = 900.0) -> None:
-        self.limit = limit
-        self.window_s = window_s
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        self._failures = SlidingWindow(limit, window_s)
 
     def check(self, *keys: str) -> None:
         """Refuse (429) while any key has used up its attempts."""
-        now = time.monotonic()
         for key in keys:
-            failures = self._failures[key]
-            while failures and failures[0] < now - self.window_s:
-                failures.popleft()
-            if len(failures) >= self.limit:
-                wait = int(failures[0] + self.window_s - now) + 1
+            if self._failures.full(key):
+                wait = self._failures.retry_after_s(key)
                 raise Refused(429, f"too many failed sign-ins: try again in {wait} s")
 
     def failed(self, *keys: str) -> None:
         for key in keys:
-            self._failures[key].append(time.monotonic())
+            self._failures.add(key)
 
     def succeeded(self, key: str) -> None:
-        self._failures.pop(key, None)
+        self._failures.clear(key)
 
 
 def install_refusals(app: Any) -> None:

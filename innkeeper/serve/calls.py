@@ -20,6 +20,7 @@ from agent.call.recorder import CallRecorder
 from agent.call.voice import VoiceCall
 from agent.call.voice_config import SpeechModels
 from innkeeper.serve.auth import Refused, check_origin
+from innkeeper.serve.limits import SlidingWindow
 from innkeeper.serve.live import LiveFeed, WatchedTransport
 from innkeeper.serve.metrics import ServerMetrics
 from innkeeper.serve.runtime import AgentRuntime
@@ -40,6 +41,7 @@ from telephony.transports import (
 log = logging.getLogger(__name__)
 
 BUSY_MESSAGE = "All our lines are busy right now. Please call again in a few minutes."
+TOO_MANY_MESSAGE = "We've had many calls from you in the last minute. Please call again a little later."
 
 
 @dataclass
@@ -51,19 +53,31 @@ class CallServices:
     active: dict[str, VoiceCall] = field(default_factory=dict)
     rejected_messages: int = 0  # malformed, unknown or misplaced messages, all calls (health endpoint)
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    call_starts: SlidingWindow | None = None  # per caller number / address; from settings when not given
     live: LiveFeed = field(default_factory=LiveFeed)  # what the dashboard's live page shows
 
     def __post_init__(self) -> None:
         self.metrics.calls_active.set_function(lambda: len(self.active))
+        if self.call_starts is None:
+            self.call_starts = SlidingWindow(self.runtime.settings.calls_per_source_per_minute, 60.0)
+
+    def admit(self, source: str, channel: str) -> str | None:
+        """None when a new call from `source` may start; else why not (said to the caller)."""
+        if self.at_capacity():
+            self.metrics.calls_refused.labels("busy").inc()
+            log.warning("%s call refused: all %d lines busy", channel, self.runtime.settings.max_calls)
+            return BUSY_MESSAGE
+        assert self.call_starts is not None
+        if not self.call_starts.allow(source):
+            self.metrics.calls_refused.labels("rate").inc()
+            log.warning("%s call refused: too many calls from %s", channel, source)
+            return TOO_MANY_MESSAGE
+        return None
 
     def at_capacity(self) -> bool:
         """Every line is taken (`INNKEEPER_MAX_CALLS`): a new call is answered politely and not taken."""
         limit = self.runtime.settings.max_calls
         return limit > 0 and len(self.active) >= limit
-
-    def refuse_busy(self, channel: str) -> None:
-        self.metrics.calls_refused.labels("busy").inc()
-        log.warning("%s call refused: all %d lines busy", channel, self.runtime.settings.max_calls)
 
 
 async def serve_twilio(ws: WebSocket, services: CallServices) -> None:
@@ -160,6 +174,7 @@ async def serve_plain(ws: WebSocket, services: CallServices) -> None:
     await ws.accept()
     sender = WebSocketSender(ws)
     transport = PlainTransport(sender)
+    source = f"address:{ws.client.host if ws.client else 'unknown'}"  # the caller field is the client's to say
     call: VoiceCall | None = None
     try:
         while True:
@@ -173,7 +188,7 @@ async def serve_plain(ws: WebSocket, services: CallServices) -> None:
                 if len(text.encode("utf-8")) > plain.MAX_TEXT_MESSAGE_BYTES:
                     await sender.close(CLOSE_TOO_BIG)
                     break
-                call, stop = await _plain_control(text, call, transport, services)
+                call, stop = await _plain_control(text, call, transport, services, source)
                 if stop:
                     break
             if sender.closed:
@@ -203,7 +218,7 @@ async def _plain_audio(data: bytes, call: VoiceCall | None, transport: PlainTran
 
 
 async def _plain_control(
-    text: str, call: VoiceCall | None, transport: PlainTransport, services: CallServices
+    text: str, call: VoiceCall | None, transport: PlainTransport, services: CallServices, source: str
 ) -> tuple[VoiceCall | None, bool]:
     """Handle one JSON message; returns the call (created by `start`) and whether the call should end."""
     try:
@@ -219,9 +234,9 @@ async def _plain_control(
         if call is not None:
             await transport.error("the call has started already")
             return call, False
-        if services.at_capacity():
-            services.refuse_busy("web")
-            await transport.error(BUSY_MESSAGE)
+        refusal = services.admit(source, "web")
+        if refusal is not None:
+            await transport.error(refusal)
             await transport.sender.close(CLOSE_TRY_AGAIN_LATER)
             return call, True
         call = await _open_call(services, transport, "web", message.caller, {}, caller_rate=plain.SAMPLE_RATE)
