@@ -209,6 +209,25 @@ class CallLog:
             for hour, values in sorted(by_hour.items())
         ]
 
+    def end_interrupted(self, server_id: str, *, started_before: datetime) -> list[str]:
+        """Mark ended, as 'interrupted', the calls `server_id` took before `started_before` and never ended (the
+        process died mid-call): each ends at its last logged turn. Returns their ids. Other servers' calls in
+        progress are left alone."""
+
+        def work(session: Session) -> list[str]:
+            query = select(Call).where(Call.ended_at.is_(None), Call.started_at < started_before)
+            ended = []
+            for call in session.scalars(query):
+                if (call.meta or {}).get("server") != server_id:
+                    continue
+                last = session.scalar(select(func.max(Turn.ended_at)).where(Turn.call_id == call.id))
+                call.ended_at = last or call.started_at
+                call.end_reason = "interrupted"
+                ended.append(call.id)
+            return ended
+
+        return self._db.transact(work)
+
     def set_training(self, call_id: str, included: bool) -> None:
         """The operator's choice whether the nightly tuning may learn from this call."""
 

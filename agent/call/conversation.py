@@ -99,8 +99,10 @@ class Conversation:
         turns: TurnsInProgress | None = None,
         reader: Reader | None = None,
         trust: str = "model",
+        call_meta: dict[str, Any] | None = None,
     ):
         self.hotel = hotel
+        self._call_meta = call_meta or {}  # written with the call record (e.g. which server took the call)
         # Asked at every turn: facts staff edit in the dashboard reach a call in progress at its next turn.
         self._hotel_source = hotel_source
         # Where this call's turns are marked in progress (a model loader waits for the gaps); its own if none given.
@@ -152,6 +154,7 @@ class Conversation:
             caller_number=self.caller_number,
             model_version=self.model_version,
             call_id=self.planned_call_id,
+            metadata=self._call_meta,
         )
         self.dialogue.call_id = self.call_id
         return self.call_id

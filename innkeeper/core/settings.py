@@ -7,6 +7,7 @@ Every tunable lives here so that a deployment is configured in one place (env va
 from __future__ import annotations
 
 import json
+import socket
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
@@ -208,6 +209,12 @@ class Settings(BaseSettings):
         description="Calls one server process answers at once (measured on 2 cores: 4 calls p95 1.37 s); a "
         "call beyond it hears that the lines are busy and is handed to the front desk or asked to call back; "
         "0 = no limit.",
+    )
+    server_id: str = Field(
+        default_factory=socket.gethostname,
+        max_length=64,
+        description="This server's name in its call records: at start-up, calls it left unfinished (a crash, a "
+        "kill) are marked ended as 'interrupted'. Give each worker on one machine its own.",
     )
     calls_per_source_per_minute: int = Field(
         default=30,

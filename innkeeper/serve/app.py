@@ -24,7 +24,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket
@@ -32,6 +32,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from agent.call.calllog import CallNotFound
+from agent.call.conversation import DB_ERRORS
 from agent.call.voice_config import SpeechModels
 from innkeeper.core.accounts import Accounts
 from innkeeper.core.audit import AuditLog
@@ -65,6 +66,7 @@ def create_app(
         )
         await admin.startup()
         app.state.model_admin = admin
+        await _end_interrupted_calls(agent, settings)
         app.state.accounts = Accounts(agent.db, session_lifetime=timedelta(hours=settings.session_hours))
         app.state.audit = AuditLog(agent.db)
         speech = models or await asyncio.to_thread(load_speech_models, settings)
@@ -149,6 +151,19 @@ def create_app(
         return await _call_record(services, call_id)
 
     return app
+
+
+async def _end_interrupted_calls(runtime: AgentRuntime, settings: Settings) -> None:
+    """Calls this server left unfinished when it last died are over: record them so (nothing half-open)."""
+    try:
+        ended = await asyncio.to_thread(
+            runtime.call_log.end_interrupted, settings.server_id, started_before=datetime.now(UTC)
+        )
+    except DB_ERRORS as err:
+        log.warning("could not close interrupted calls: %s", err)
+        return
+    if ended:
+        log.warning("marked %d call(s) interrupted by the last shutdown of %s", len(ended), settings.server_id)
 
 
 async def _call_record(services: CallServices, call_id: str) -> dict[str, Any]:

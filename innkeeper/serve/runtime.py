@@ -100,6 +100,7 @@ class AgentRuntime:
             turns=self.slot.turns,
             reader=self._read_with_serving_model if self.settings.model_understanding else None,
             trust=self.settings.model_understanding_trust,
+            call_meta={"server": self.settings.server_id},
         )
 
     def _read_with_serving_model(self, agent_text: str | None, caller_text: str) -> TurnAction | None:
