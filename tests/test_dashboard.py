@@ -447,7 +447,7 @@ def test_the_tuning_page_shows_runs_with_progress_gate_reasons_and_measures_acro
 
 
 def test_version_charts_draw_one_point_per_version_and_leave_gaps_for_missing_measures():
-    from innkeeper.serve.web.pages import _version_charts
+    from innkeeper.serve.web.operations import _version_charts
 
     versions = [
         {"id": "v0001-a", "metrics": {"domain_nll": 2.0, "serving_domain_nll": 2.1, "chat_kl": 0.01}},

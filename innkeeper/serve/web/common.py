@@ -1,0 +1,35 @@
+"""What every dashboard page shares: the templates, rendering with the signed-in user and the CSRF token,
+the call services, and writing the audit log (from a worker thread: never on the event loop calls share)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+
+from innkeeper.core.audit import AuditLog
+from innkeeper.serve.auth import CSRF_FIELD, Principal
+
+TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
+
+
+def render(request: Request, name: str, principal: Principal | None, **context: Any) -> HTMLResponse:
+    return TEMPLATES.TemplateResponse(
+        request,
+        name,
+        {"user": principal, "csrf_field": CSRF_FIELD, "csrf": principal.csrf_token if principal else "", **context},
+    )
+
+
+def services(request: Request) -> Any:
+    """The server's `CallServices` (runtime, speech models, live calls, metrics)."""
+    return request.app.state.services
+
+
+async def audit(request: Request, actor: str, action: str, target: str = "", **detail: Any) -> None:
+    log: AuditLog = request.app.state.audit
+    await asyncio.to_thread(log.record, actor, action, target, **detail)
