@@ -167,39 +167,12 @@ def operations_router(settings: Settings) -> APIRouter:
         return render(request, "models.html", principal, versions=versions, serving=model_admin.status(), error=error)
 
     @router.post("/models/{version_id}/promote")
-    async def promote(
-        version_id: str,
-        request: Request,
-        principal: AdminOnly,
-        password: Annotated[str, Form()] = "",
-        reason: Annotated[str, Form()] = "",
-    ) -> Response:
-        await _reauthenticate(request, principal, password)
-        return await _model_change(
-            request,
-            principal,
-            "model.promote",
-            version_id,
-            reason,
-            request.app.state.model_admin.promote(version_id, actor=principal.name, reason=reason),
-        )
+    async def promote(version_id: str, request: Request, principal: AdminOnly) -> Response:
+        return await _change_model(request, principal, promote=version_id)
 
     @router.post("/models/rollback")
-    async def rollback(
-        request: Request,
-        principal: AdminOnly,
-        password: Annotated[str, Form()] = "",
-        reason: Annotated[str, Form()] = "",
-    ) -> Response:
-        await _reauthenticate(request, principal, password)
-        return await _model_change(
-            request,
-            principal,
-            "model.rollback",
-            "",
-            reason,
-            request.app.state.model_admin.rollback(actor=principal.name, reason=reason),
-        )
+    async def rollback(request: Request, principal: AdminOnly) -> Response:
+        return await _change_model(request, principal, promote=None)
 
     # ------------------------------------------------------------------ audit
     @router.get("/audit", response_class=HTMLResponse)
@@ -254,9 +227,17 @@ async def _reauthenticate(request: Request, principal: Principal, password: str)
         raise Refused(403, "wrong password")
 
 
-async def _model_change(
-    request: Request, principal: Principal, action: str, target: str, reason: str, operation: Any
-) -> Response:
+async def _change_model(request: Request, principal: Principal, *, promote: str | None) -> Response:
+    """Promote version `promote`, or roll back when None: the admin's password again, a reason, the audit log."""
+    form = await request.form()
+    reason = str(form.get("reason", "")).strip()
+    await _reauthenticate(request, principal, str(form.get("password", "")))
+    admin = request.app.state.model_admin
+    if promote is None:
+        action, target, operation = "model.rollback", "", admin.rollback(actor=principal.name, reason=reason)
+    else:
+        action, target = "model.promote", promote
+        operation = admin.promote(promote, actor=principal.name, reason=reason)
     try:
         result = await operation
     except AdminError as err:
