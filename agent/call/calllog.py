@@ -278,6 +278,19 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
+def split_meta(tool_calls: list[dict[str, Any]] | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """An agent turn's tool calls as stored: the conversation's `{"meta": ...}` entry (act, who read and worded
+    the turn, disagreements) and the real tool calls."""
+    meta: dict[str, Any] = {}
+    tools = []
+    for entry in tool_calls or []:
+        if isinstance(entry, dict) and "meta" in entry:
+            meta = dict(entry["meta"])
+        else:
+            tools.append(entry)
+    return meta, tools
+
+
 def _summary(call: Call) -> CallSummary:
     return CallSummary(
         id=call.id,

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from agent.call.calllog import split_meta
 from agent.understanding.action import TurnAction
 from innkeeper.core.db.database import Database
 from innkeeper.core.db.schema import Correction, Turn
@@ -133,7 +134,7 @@ def _review_reasons(caller: Turn, reply: Turn | None) -> tuple[str, ...]:
         reasons.append(f"heard with low confidence ({logprob:.2f})")
     if caller.flagged or (reply is not None and reply.flagged):
         reasons.append("flagged")
-    meta = _meta(reply)
+    meta, _ = split_meta(reply.tool_calls if reply is not None else None)
     if meta.get("disagreements"):
         reasons.append("model and rules disagreed: " + ", ".join(meta["disagreements"]))
     if meta.get("act") == "transfer":
@@ -143,14 +144,6 @@ def _review_reasons(caller: Turn, reply: Turn | None) -> tuple[str, ...]:
     if reply is not None and "didn't catch that" in reply.text:
         reasons.append("the agent asked again")
     return tuple(reasons)
-
-
-def _meta(turn: Turn | None) -> dict[str, Any]:
-    """The agent turn's meta (the last tool-call entry written by the conversation)."""
-    for entry in (turn.tool_calls or []) if turn is not None else []:
-        if isinstance(entry, dict) and "meta" in entry:
-            return dict(entry["meta"])
-    return {}
 
 
 def _record(row: Correction, turn: Turn) -> CorrectionRecord:

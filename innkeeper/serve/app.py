@@ -95,7 +95,7 @@ def create_app(
             "calls_active": len(services.active),
             "tasks": len(asyncio.all_tasks()),
             "task_names": sorted(t.get_coro().__qualname__ for t in asyncio.all_tasks()),
-            "rejected_messages": services.rejected_messages,
+            "rejected_messages": int(services.metrics.snapshot().get("innkeeper_rejected_messages_total", 0)),
             "model_version": llm.version if llm is not None else "template",
             "model_error": request.app.state.model_admin.error,
         }

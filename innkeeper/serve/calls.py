@@ -51,7 +51,6 @@ class CallServices:
     runtime: AgentRuntime
     models: SpeechModels
     active: dict[str, VoiceCall] = field(default_factory=dict)
-    rejected_messages: int = 0  # malformed, unknown or misplaced messages, all calls (health endpoint)
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     call_starts: SlidingWindow | None = None  # per caller number / address; from settings when not given
     live: LiveFeed = field(default_factory=LiveFeed)  # what the dashboard's live page shows
@@ -321,6 +320,5 @@ async def _count(call: VoiceCall, services: CallServices) -> None:
 
 
 def _reject(services: CallServices, reason: str) -> None:
-    services.rejected_messages += 1
     services.metrics.rejected_messages.inc()
     log.warning("%s", reason)

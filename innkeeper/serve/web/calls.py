@@ -16,7 +16,7 @@ from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
-from agent.call.calllog import CallNotFound, CallSummary, TurnRecord
+from agent.call.calllog import CallNotFound, CallSummary, TurnRecord, split_meta
 from agent.call.review import Corrections, NotACallerTurn, review_queue
 from agent.understanding.action import ActionIntent, ActionSlots, TurnAction
 from innkeeper.core.settings import Settings
@@ -25,7 +25,6 @@ from innkeeper.serve.web.common import audit, render, services
 
 AUDIO_LEGS = ("caller", "agent")
 SLOT_FIELDS = tuple(ActionSlots.model_fields)
-NUMBER_SLOTS = frozenset({"nights", "adults", "children"})
 LIVE_KEEPALIVE_S = 15.0
 
 
@@ -170,13 +169,7 @@ async def _call(request: Request, call_id: str) -> tuple[CallSummary, list[TurnR
 
 def _turn_view(turn: TurnRecord, call: CallSummary) -> dict[str, Any]:
     """A turn as the transcript shows it: offset into the call, latency, who worded it, what was understood."""
-    meta: dict[str, Any] = {}
-    tools = []
-    for entry in turn.tool_calls or []:
-        if isinstance(entry, dict) and "meta" in entry:
-            meta = dict(entry["meta"])
-        else:
-            tools.append(entry)
+    meta, tools = split_meta(turn.tool_calls)
     latencies = turn.latencies or {}
     return {
         "record": turn,
@@ -207,7 +200,7 @@ def _action_from_form(form: Any) -> TurnAction:
     for name in SLOT_FIELDS:
         value = str(form.get(f"slot_{name}", "")).strip()
         if value:
-            slots[name] = int(value) if name in NUMBER_SLOTS and value.isdigit() else value
+            slots[name] = value  # the schema turns "2" into 2 and refuses "two"
     questions = [line.strip() for line in str(form.get("questions", "")).splitlines() if line.strip()]
     return TurnAction.model_validate({"intents": form.getlist("intents"), "slots": slots, "questions": questions})
 
