@@ -113,6 +113,7 @@ def _wait_idle(server: LiveServer, timeout: float = 20.0, max_tasks: int | None 
 
 def test_twilio_call_books_a_room_and_records_both_legs(live_server, synthesizer, tmp_path):
     lines = lines_from_text(BOOKING, synthesizer)
+    codes_before = {b.code for b in live_server.runtime.tools.list_bookings()}
     report = asyncio.run(
         place_call(
             f"{live_server.ws}/twilio/stream",
@@ -124,10 +125,12 @@ def test_twilio_call_books_a_room_and_records_both_legs(live_server, synthesizer
     )
     assert all(turn.answered for turn in report.turns), [(t.text, t.answered) for t in report.turns]
     record = _get(f"{live_server.http}/api/calls?call_sid={report.call_id}")
-    transcript = [(t["role"], t["text"]) for t in record["turns"]]
-    bookings = live_server.runtime.tools.list_bookings()
-    booking = next((b for b in bookings if b.last_name == "Smith"), None)
-    assert booking is not None, transcript
+    transcript = "\n".join(f"{t['role']}: {t['text']}" for t in record["turns"])
+    made = [b for b in live_server.runtime.tools.list_bookings() if b.code not in codes_before]
+    assert len(made) == 1, f"bookings made: {made}\n{transcript}"
+    booking = made[0]
+    # Whisper may spell a surname it hears once in a sentence another way ("Smyth"); the caller hears it read back.
+    assert booking.last_name.lower().startswith("sm"), f"{booking}\n{transcript}"
     assert (str(booking.check_in), str(booking.check_out), booking.room_type) == ("2026-12-07", "2026-12-09", "deluxe")
 
     call = record["call"]

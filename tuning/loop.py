@@ -5,6 +5,10 @@ accumulation over micro-batches, gradient clipping, evaluation every `eval_every
 
 A method changes what is trained (its parameter groups) and, optionally, each step itself through a `StepHook`
 that sees the weights before AdamW writes them and may rewrite the step afterwards (the projection does).
+
+Under `accelerate launch` the same loop runs data-parallel (`tuning.distributed`): each rank runs its share of a
+step's micro-batches, the gradients are averaged across ranks before clipping, and every rank then takes the same
+step, projection included. Only the main rank shows progress.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
+from tuning import distributed
 from tuning.lm import Batch, LossFn, grad_only_for, lm_loss, mode, on_device
 
 EvalFn = Callable[[nn.Module], float]
@@ -108,12 +113,17 @@ def fit(
     result = TrainResult(method)
     optimizer = AdamW(groups, lr=cfg.lr, betas=cfg.betas)
     schedule = LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
-    micro_batches = _micro_batches(train_batches, cfg.batch_size, params[0].device)
+    distributed.broadcast_parameters(params)
+    micro_batches = distributed.my_micro_batches(_micro_batches(train_batches, cfg.batch_size, params[0].device))
+    my_micro_steps = distributed.local_share(cfg.grad_accum)
+    show_progress = cfg.progress and distributed.is_main()
     with torch.random.fork_rng(), grad_only_for(model, params), mode(model, training=True):
         torch.manual_seed(cfg.seed)
-        for step in tqdm(range(1, cfg.steps + 1), desc=method, unit="step", disable=not cfg.progress):
+        for step in tqdm(range(1, cfg.steps + 1), desc=method, unit="step", disable=not show_progress):
             started = time.perf_counter()
-            loss = _backward(model, micro_batches, cfg.grad_accum, loss_fn)
+            loss = _backward(model, micro_batches, my_micro_steps, loss_fn)
+            distributed.average_gradients(params)
+            loss = distributed.average(loss)
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             if hook is not None:
@@ -123,7 +133,7 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             kept = hook.after_step() if hook is not None else {}
             result.record(step, loss, time.perf_counter() - started, kept, cfg.log_every)
-            if getattr(cfg, "progress_file", None):
+            if getattr(cfg, "progress_file", None) and distributed.is_main():
                 _report_progress(Path(cfg.progress_file), step, cfg.steps, loss)
             if _evaluate(model, eval_fn, step, cfg, result):
                 break

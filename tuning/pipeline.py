@@ -26,7 +26,7 @@ from agent.reply.llm import ChatModel
 from innkeeper.core.settings import Settings
 from innkeeper.models.artifacts import apply_delta, export_hf, load_delta, read_manifest, save_delta, weights_sha256
 from innkeeper.models.resolve import guarded_dir, resolve_model_dir, start_model_dir, tuning_root
-from tuning import evaluate
+from tuning import distributed, evaluate
 from tuning.data import corpus
 from tuning.data.actions import READING, encode_action_examples, shared_readings
 from tuning.data.dialogues import (
@@ -80,6 +80,7 @@ def tune_config(settings: Settings, **overrides: object) -> ProjectedConfig:
         "lr": settings.tune_lr,
         "steps": settings.tune_steps,
         "batch_size": settings.tune_batch_size,
+        "grad_accum": settings.tune_grad_accum,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     values.setdefault("eval_every", max(int(values["steps"]) // 4, 1))  # type: ignore[call-overload]
@@ -204,15 +205,17 @@ def tune(
     chat = ChatModel(base_dir, threads=settings.llm_threads)
     base_state = {name: tensor.detach().clone() for name, tensor in chat.model.state_dict().items()}
     if protected is None:
-        protected = protected_examples(chat, settings, size, seed=cfg.seed)
+        protected = distributed.from_main(lambda: protected_examples(chat, settings, size, seed=cfg.seed))
     protected_list, provenance = protected
     train_batches = as_batches(train_examples, chat.tokenizer, cfg.batch_size, seed=cfg.seed)
     eval_batches = as_batches(eval_examples, chat.tokenizer, cfg.batch_size, seed=0)
     bases = masks = None
     if get_method(method).needs_bases:
-        bases = calibrated(chat, protected_list, provenance, cfg, tuning_root(settings) / "calibration")
+        # Computed once, on the main rank of a launched job, and sent to the others.
+        calibration = tuning_root(settings) / "calibration"
+        bases = distributed.from_main(lambda: calibrated(chat, protected_list, provenance, cfg, calibration))
         if cfg.row_budget < 1.0 or cfg.layer_row_budget:
-            masks = select_rows(chat.model, bases, train_batches[:4], cfg)
+            masks = distributed.from_main(lambda: select_rows(chat.model, bases, train_batches[:4], cfg))
     start_loss = mean_loss(chat.model, eval_batches)
     started = time.perf_counter()
     result = train(
@@ -236,15 +239,17 @@ def tune(
         "mean_step_seconds": sum(result.step_seconds) / max(len(result.step_seconds), 1),
         "mean_kept_fraction": _mean_kept(result),
     }
-    artifact = save_delta(
-        base_state,
-        chat.model,
-        out_dir / "artifact",
-        base_id=str(base_dir),
-        base_sha256=weights_sha256(base_dir),
-        lineage=lineage,
-        config={"method": method, **cfg.model_dump(mode="json"), **(method_options or {})},
-        metrics=metrics,
+    artifact = distributed.from_main(  # every rank holds the same weights; one writes them
+        lambda: save_delta(
+            base_state,
+            chat.model,
+            out_dir / "artifact",
+            base_id=str(base_dir),
+            base_sha256=weights_sha256(base_dir),
+            lineage=lineage,
+            config={"method": method, **cfg.model_dump(mode="json"), **(method_options or {})},
+            metrics=metrics | {"processes": distributed.world_size()},
+        )
     )
     return TuneOutcome(artifact=artifact, result=result, base_dir=base_dir, metrics=metrics)
 
@@ -261,7 +266,7 @@ def run_domain_tuning(
     base_dir = start_model_dir(settings)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     splits = domain_splits(settings, tokenizer, db=db, readings=settings.tune_reading_examples)
-    out_dir = tuning_root(settings) / "runs" / f"{_stamp()}-{method}"
+    out_dir = tuning_root(settings) / "runs" / f"{distributed.from_main(_stamp)}-{method}"
     return tune(
         settings,
         method=method,

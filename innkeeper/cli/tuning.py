@@ -72,17 +72,25 @@ def tune_run(
     eps: Annotated[float | None, typer.Option(help="Protected energy fraction.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
     row_budget: Annotated[float | None, typer.Option(help="Fraction of output rows allowed to change.")] = None,
+    grad_accum: Annotated[int | None, typer.Option(help="Micro-batches per step (× processes).")] = None,
 ) -> None:
-    """Domain tuning on the logged and imported conversations, from the guarded base."""
+    """Domain tuning on the logged and imported conversations, from the guarded base.
+
+    Data-parallel under `accelerate launch --multi_gpu --num_processes N -m innkeeper.cli tune run` (gloo on CPUs,
+    NCCL on GPUs): each rank runs its share of every step's micro-batches (`--grad-accum`, a multiple of N).
+    """
     from innkeeper.core.db.database import Database
+    from tuning import distributed
     from tuning.pipeline import outcome_summary, run_domain_tuning
 
+    distributed.start()
     settings = cli_settings()
     db = Database.from_settings(settings)
     db.migrate()
-    cfg = _tune_config(settings, steps=steps, eps=eps, lr=lr, row_budget=row_budget)
+    cfg = _tune_config(settings, steps=steps, eps=eps, lr=lr, row_budget=row_budget, grad_accum=grad_accum)
     outcome = run_domain_tuning(settings, method=method or settings.tune_method, cfg=cfg, db=db)
-    console.print_json(json.dumps(outcome_summary(outcome), default=str))
+    if distributed.is_main():
+        console.print_json(json.dumps(outcome_summary(outcome), default=str))
 
 
 @tune_app.command("nightly")

@@ -154,6 +154,9 @@ class Settings(BaseSettings):
     tune_lr: float = 2e-4
     tune_steps: int = 40
     tune_batch_size: int = 4
+    tune_grad_accum: int = Field(
+        default=1, ge=1, description="micro-batches per optimizer step (a multiple of the processes when launched)"
+    )
     tune_eval_size: str = Field(default="medium", description="tiny | small | medium | large evaluation suite")
 
     # Nightly data (tuning/data/curate.py, tuning/data/canaries.py): what the nightly job may learn from.
