@@ -16,6 +16,11 @@ resumes from its last finished night (`--out` JSON plus a `.pt` checkpoint besid
     .venv/bin/python -m benchmarks.forgetting_cycles --method "projected ε=0.90 by source" --out /tmp/cycles-proj.json
     .venv/bin/python -m benchmarks.forgetting_cycles --merge /tmp/cycles-full.json /tmp/cycles-proj.json
 
+`--recalibrate` re-calibrates the projected method's bases every night from the model as it is then (on the same
+protected corpus) instead of protecting the start model's geometry: after a few nights the layers' inputs on
+protected text have moved, and bases of the start model no longer span them. The run is labelled
+"<method>, recalibrated nightly".
+
 `--long` measures long training instead: one continuous run of nights × steps-per-night steps on all train
 dialogues (one optimizer, one schedule), with the same measures every steps-per-night steps ("nights" are
 then checkpoints). It cannot resume.
@@ -76,28 +81,32 @@ def main() -> None:
     suite = bench_suite(settings, base, args)
     base_result = cached_base_result(settings, base, suite, args.booking_calls)
     method, overrides, options = METHODS[args.method]
+    label = f"{args.method}, recalibrated nightly" if args.recalibrate else args.method
     protected = protected_examples(base, settings, CorpusSize())
     cfg = ProjectedConfig(steps=args.steps_per_night, batch_size=4, eval_every=0, seed=0, progress=True)
     cfg = cfg.model_copy(update=overrides)
     bases = None
-    if get_method(method).needs_bases:  # the start model's geometry, protected every night
-        bases = calibrated(base, protected[0], protected[1], cfg, tuning_root(settings) / "calibration")
+    calibration = tuning_root(settings) / "calibration"
+    if get_method(method).needs_bases:  # the start model's geometry (unless re-calibrated each night)
+        bases = calibrated(base, protected[0], protected[1], cfg, calibration)
     protected_batches = as_batches(protected[0], base.tokenizer, cfg.batch_size, seed=cfg.seed)
 
-    run = _resume(args, base.version, model)
+    run = _resume(args, label, base.version, model)
     if not run["nights"]:
         run["start_domain_loss"] = mean_loss(base.model, dev_batches)
     console.print(
-        f"{args.method}: start model {base.version}, domain loss {run['start_domain_loss']:.3f}; "
+        f"{label}: start model {base.version}, domain loss {run['start_domain_loss']:.3f}; "
         f"{len(splits['train'])} train examples over {args.nights} nights × {args.steps_per_night} steps"
     )
     measure = _Checkpoints(model, base, base_result, suite, dev_batches, settings, args)
     if args.long:
         _train_long(method, model, splits["train"], cfg, bases, protected_batches, options, run, measure, args)
         return
-    for night in range(len(run["nights"]) + 1, args.nights + 1):
+    for night in range(len(run["nights"]) + 1, min(args.until_night or args.nights, args.nights) + 1):
         examples = night_examples(splits["train"], night, args.nights, seed=args.seed)
         started = time.perf_counter()
+        if bases is not None and args.recalibrate and night > 1:
+            bases = calibrated(model, protected[0], protected[1], cfg, calibration)
         result = train(
             method,
             model.model,
@@ -108,7 +117,7 @@ def main() -> None:
             **options,
         )
         _record(run, measure(night, examples, time.perf_counter() - started, result.step_seconds), args, model)
-    _plot({args.method: run}, args.out.with_suffix(".png"))
+    _plot({label: run}, args.out.with_suffix(".png"))
 
 
 class _Checkpoints:
@@ -200,12 +209,12 @@ def _record(run: dict[str, Any], row: dict[str, Any], args: argparse.Namespace, 
     row["domain_gain"] = run["start_domain_loss"] - row["domain_loss"]
     run["nights"].append(row)
     _save(run, args, model)
-    Console(width=200).print(_table({args.method: run}))
+    Console(width=200).print(_table({run["method"]: run}))
 
 
-def _resume(args: argparse.Namespace, version: str, model: ChatModel) -> dict[str, Any]:
+def _resume(args: argparse.Namespace, label: str, version: str, model: ChatModel) -> dict[str, Any]:
     """The saved nights of an interrupted run of the same method, start model and schedule, weights loaded."""
-    fresh = {"method": args.method, "start_model": version, "schedule": _schedule(args), "nights": []}
+    fresh = {"method": label, "start_model": version, "schedule": _schedule(args), "nights": []}
     checkpoint = args.out.with_suffix(".pt")
     if not (args.out.exists() and checkpoint.exists()):
         return fresh
@@ -354,10 +363,16 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--steps-per-night", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0, help="order in which dialogues arrive")
     parser.add_argument(
+        "--until-night", type=int, help="stop after this night (the schedule stays --nights; rerun to go on)"
+    )
+    parser.add_argument(
         "--long",
         action="store_true",
         help="one continuous run of nights × steps-per-night steps on all train dialogues, measured every "
         "steps-per-night steps (long training), instead of nights with growing data",
+    )
+    parser.add_argument(
+        "--recalibrate", action="store_true", help="re-calibrate the protected bases from the current model each night"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--dev-examples", type=int, default=48)

@@ -28,6 +28,7 @@ from tuning.methods.projected import (
     energy_rank,
     load_masks,
     projection_energy_report,
+    projection_memory,
     save_masks,
     select_rows,
     train_projected,
@@ -330,6 +331,47 @@ def test_masks_and_frozen_parameters_are_honoured(tiny: PreTrainedModel) -> None
         assert not torch.equal(weight[mask], old[mask]), f"{name}: selected rows should learn"
 
 
+class TwoVocabularies(nn.Module):
+    """Tokens 0–9 (the protected vocabulary) live in input dims 0–3, tokens 10–19 (the domain's) in dims 4–7; the
+    target's rows 0–2 read only dims 0–3 and rows 3–5 only dims 4–7."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        table = torch.zeros(20, 8)
+        table[:10, :4] = torch.randn(10, 4, generator=generator)
+        table[10:, 4:] = torch.randn(10, 4, generator=generator)
+        self.embed = nn.Embedding.from_pretrained(table)
+        self.proj = nn.Linear(8, 6, bias=False)
+        with torch.no_grad():
+            self.proj.weight.zero_()
+            self.proj.weight[:3, :4] = torch.randn(3, 4, generator=generator)
+            self.proj.weight[3:, 4:] = torch.randn(3, 4, generator=generator)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.proj(self.embed(input_ids))
+
+
+def test_domain_specificity_picks_the_rows_only_the_domain_drives() -> None:
+    model = TwoVocabularies()
+    cfg = quiet(targets=("proj",), eps=0.99, selection="domain_specificity", row_budget=0.5)
+    protected = token_batches(1, range(0, 10))
+    # Domain text mixes in some protected-vocabulary tokens, as hotel calls share everyday words.
+    domain = [
+        {"input_ids": torch.cat([b["input_ids"][:, :18] + 10, b["input_ids"][:, 18:]], 1), "attention_mask": m}
+        for b, m in zip(token_batches(2, range(0, 10)), (b["attention_mask"] for b in protected), strict=True)
+    ]
+    bases = calibrate_bases(model, protected, cfg, model_id="two vocabularies", corpus="ids 0-9")
+
+    masks = select_rows(model, bases, domain, cfg)
+
+    assert masks["proj"].tolist() == [False, False, False, True, True, True]
+    # One token per row is only its (uncounted) first position: nothing to rank by.
+    one_token = {"input_ids": torch.zeros(1, 1, dtype=torch.long), "attention_mask": torch.ones(1, 1)}
+    with pytest.raises(ValueError, match="no counted tokens"):
+        select_rows(model, bases, [one_token], cfg)
+
+
 def test_also_train_adds_unprojected_parameters_only(tiny: PreTrainedModel) -> None:
     cfg = quiet(targets=("q_proj",), also_train=("*post_attention_layernorm*",), weight_decay=0.1, lr=1e-2, steps=2)
     bases = calibrate_bases(tiny, token_batches(10, PROTECTED_IDS), cfg, model_id="tiny", corpus="random ids")
@@ -440,3 +482,18 @@ def test_a_rehearsal_share_of_the_whole_batch_is_refused(tiny: PreTrainedModel, 
     bases = calibrate_bases(tiny, protected, cfg, model_id="tiny", corpus="random ids")
     with pytest.raises(ValueError, match="0 <= ratio < 1"):
         train(method, tiny, token_batches(4, DOMAIN_IDS), cfg, bases=bases, protected_batches=protected, ratio=1.0)
+
+
+def test_projection_memory_counts_each_shared_basis_once_and_a_snapshot_per_layer(tiny: PreTrainedModel) -> None:
+    cfg = quiet(targets=("q_proj", "k_proj", "down_proj"), eps=0.9)
+    bases = calibrate_bases(tiny, token_batches(4, PROTECTED_IDS), cfg, model_id="tiny", corpus="random ids")
+    layers = target_linears(tiny, cfg.targets)
+
+    report = projection_memory(layers, bases)
+
+    q, k = report["model.layers.0.self_attn.q_proj"], report["model.layers.0.self_attn.k_proj"]
+    assert q["basis_mb"] == bases.layers["model.layers.0.self_attn.q_proj"].U.numel() * 4 / 2**20 > 0
+    assert k["basis_mb"] == 0.0  # k_proj reads q_proj's input: one basis for both
+    for name, layer in layers.items():
+        assert report[name]["snapshot_mb"] == layer.weight.numel() * 4 / 2**20
+        assert (report[name]["k"], report[name]["d"]) == (bases.layers[name].k, layer.in_features)

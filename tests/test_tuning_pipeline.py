@@ -42,6 +42,7 @@ def test_align_then_tune_then_eval(tiny_settings, sqlite_db):
     manifest = json.loads((tuned.artifact / "manifest.json").read_text())
     assert manifest["lineage"]["dialogues"] and all(d.startswith("star:") for d in manifest["lineage"]["dialogues"])
     assert tuned.metrics["steps"] == 3 and 0.0 < tuned.metrics["mean_kept_fraction"] <= 1.0
+    assert tuned.metrics["projection_memory_mb"] > 0
     assert tuned.base_dir == guarded_dir(tiny_settings)
 
     result, base_result, table = evaluate_model(

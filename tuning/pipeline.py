@@ -38,7 +38,7 @@ from tuning.data.dialogues import (
     load_shared_dialogues,
     split_dialogues,
 )
-from tuning.lm import lm_loss
+from tuning.lm import lm_loss, target_linears
 from tuning.loop import TrainResult
 from tuning.methods import get_method, train
 from tuning.methods.projected import (
@@ -46,6 +46,7 @@ from tuning.methods.projected import (
     ProjectedConfig,
     ProtectedBases,
     calibrate_bases,
+    projection_memory,
     select_rows,
     weights_fingerprint,
 )
@@ -239,6 +240,9 @@ def tune(
         "mean_step_seconds": sum(result.step_seconds) / max(len(result.step_seconds), 1),
         "mean_kept_fraction": _mean_kept(result),
     }
+    if bases is not None:  # what the projection holds beside the model and optimizer (per layer: projection_memory)
+        memory = projection_memory(target_linears(chat.model, cfg.targets), bases, cfg.side).values()
+        metrics["projection_memory_mb"] = round(sum(m["basis_mb"] + m["snapshot_mb"] for m in memory), 1)
     artifact = distributed.from_main(  # every rank holds the same weights; one writes them
         lambda: save_delta(
             base_state,

@@ -11,7 +11,7 @@ saves and verifies the bases. The other methods and the registry that picks one 
 
 from tuning.methods.projected.bases import CalibrationMismatch, LayerBasis, ProtectedBases, weights_fingerprint
 from tuning.methods.projected.config import ProjectedConfig
-from tuning.methods.projected.projection import Projector, project_update
+from tuning.methods.projected.projection import Projector, project_update, projection_memory
 from tuning.methods.projected.rows import load_masks, save_masks, select_rows
 from tuning.methods.projected.subspace import accumulate_moments, basis_from_covariance, calibrate_bases, energy_rank
 from tuning.methods.projected.train import projection_energy_report, train_projected
@@ -29,6 +29,7 @@ __all__ = [
     "load_masks",
     "project_update",
     "projection_energy_report",
+    "projection_memory",
     "save_masks",
     "select_rows",
     "train_projected",

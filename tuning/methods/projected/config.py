@@ -36,7 +36,7 @@ class ProjectedConfig(BaseModel):
     source_weights: dict[str, Annotated[float, Field(ge=0.0)]] = Field(default_factory=dict)
 
     # Neuron selection: which output rows may change.
-    selection: Literal["grad_over_activation", "grad_over_wanda"] = "grad_over_activation"
+    selection: Literal["grad_over_activation", "grad_over_wanda", "domain_specificity"] = "grad_over_activation"
     row_budget: float = Field(default=1.0, gt=0.0, le=1.0)
     layer_row_budget: dict[str, float] = Field(default_factory=dict)
     selection_delta: float = Field(default=1e-3, gt=0.0)

@@ -75,3 +75,23 @@ class Projector:
                     delta *= torch.clamp(limit / energy.sqrt().clamp_min(1e-30), max=1.0)
                 w.copy_(old + delta)
         return kept
+
+
+def projection_memory(layers: dict[str, nn.Linear], bases: ProtectedBases, side: str = "right") -> dict[str, dict]:
+    """Per target layer, the memory the projection holds beside the model and its optimizer, in MiB: the basis
+    (U, and V for side='both'; a basis shared by layers fed the same input is counted at its first layer) and
+    the float32 snapshot of the weight the Projector keeps to rewrite each step."""
+    seen: set[int] = set()
+    report = {}
+    for name, layer in layers.items():
+        basis = bases.layers[name]
+        tensors = [basis.U, basis.V] if side == "both" and basis.V is not None else [basis.U]
+        fresh = [t for t in tensors if id(t) not in seen]
+        seen.update(id(t) for t in fresh)
+        report[name] = {
+            "k": basis.k,
+            "d": basis.d,
+            "basis_mb": sum(t.numel() * 4 for t in fresh) / 2**20,  # held as float32 beside the weight
+            "snapshot_mb": layer.weight.numel() * 4 / 2**20,
+        }
+    return report
