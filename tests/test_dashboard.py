@@ -251,6 +251,18 @@ def test_the_review_queue_lists_turns_the_agent_asked_again_until_they_are_corre
     assert (call_id, mine[0].turn_index) not in {(i.call_id, i.turn_index) for i in review_queue(dashboard.db)}
 
 
+def test_calls_are_found_by_whether_they_made_a_booking(dashboard):
+    no_booking = asyncio.run(_place_call(dashboard.runtime, ["Do you have parking?", "Thanks, bye."]))
+    session, _ = sign_in(dashboard, "oscar")
+    everything = session.get(f"{dashboard.url}/calls").text
+    assert dashboard.call[:8] in everything and no_booking[:8] in everything
+    assert f'href="/bookings?q={dashboard.code}"' in everything  # the booking call shows its code
+    booked = session.get(f"{dashboard.url}/calls", params={"booked": "true"}).text
+    assert dashboard.call[:8] in booked and no_booking[:8] not in booked
+    assert [c.id for c in dashboard.runtime.call_log.search(booked=True)] == [dashboard.call]
+    assert dashboard.runtime.call_log.search(booked=True, text="parking") == []
+
+
 def test_a_disabled_user_is_signed_out_at_once(dashboard):
     session, _ = sign_in(dashboard, "oscar")
     Accounts(dashboard.db).disable("oscar")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -15,7 +15,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from innkeeper.core.db.database import Database
-from innkeeper.core.db.schema import TURN_ROLES, Call, Turn, utcnow
+from innkeeper.core.db.schema import TURN_ROLES, Booking, Call, Turn, utcnow
 
 
 class CallNotFound(LookupError):
@@ -170,13 +170,17 @@ class CallLog:
         since: datetime | None = None,
         end_reason: str | None = None,
         flagged: bool = False,
+        booked: bool = False,
         limit: int = 100,
     ) -> list[CallSummary]:
-        """The newest calls first (for the dashboard): optionally only those whose caller number or any turn
-        contains `text`, that started after `since`, ended for `end_reason`, or have a flagged turn."""
+        """The newest calls first (for the dashboard), each with the codes of the bookings it made: optionally
+        only those whose caller number or any turn contains `text`, that started after `since`, ended for
+        `end_reason`, have a flagged turn, or made a booking (`booked`)."""
 
         def work(session: Session) -> list[CallSummary]:
             query = select(Call).order_by(Call.started_at.desc()).limit(limit)
+            if booked:
+                query = query.where(Call.id.in_(select(Booking.call_id).where(Booking.call_id.is_not(None))))
             if text.strip():
                 pattern = f"%{text.strip()}%"
                 in_turns = select(Turn.call_id).where(Turn.text.ilike(pattern))
@@ -187,7 +191,12 @@ class CallLog:
                 query = query.where(Call.end_reason == end_reason)
             if flagged:
                 query = query.where(Call.id.in_(select(Turn.call_id).where(Turn.flagged)))
-            return [_summary(call) for call in session.scalars(query)]
+            calls = list(session.scalars(query))
+            codes: dict[str, list[str]] = {}
+            made = select(Booking.call_id, Booking.code).where(Booking.call_id.in_([c.id for c in calls]))
+            for call_id, code in session.execute(made.order_by(Booking.id)):
+                codes.setdefault(call_id, []).append(code)
+            return [replace(_summary(call), booking_codes=tuple(codes.get(call.id, ()))) for call in calls]
 
         return self._db.transact(work, write=False)
 
@@ -262,6 +271,7 @@ class CallSummary:
     caller_audio_path: str | None
     agent_audio_path: str | None
     meta: dict[str, Any]
+    booking_codes: tuple[str, ...] = ()  # filled by `search`: the bookings this call made
 
 
 @dataclass(frozen=True)

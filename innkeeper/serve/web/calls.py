@@ -80,16 +80,22 @@ def calls_router(settings: Settings) -> APIRouter:
         since: str = "",
         reason: str = "",
         flagged: bool = False,
+        booked: bool = False,
     ) -> Response:
         call_log = services(request).runtime.call_log
         found = await asyncio.to_thread(
-            call_log.search, text=q, since=_parse_day(since), end_reason=reason or None, flagged=flagged
+            call_log.search,
+            text=q,
+            since=_parse_day(since),
+            end_reason=reason or None,
+            flagged=flagged,
+            booked=booked,
         )
         live = [
             {"id": call_id, "channel": call.conversation.channel, "turns": len(call.conversation.history) // 2}
             for call_id, call in list(services(request).active.items())
         ]
-        filters = {"q": q, "since": since, "reason": reason, "flagged": flagged}
+        filters = {"q": q, "since": since, "reason": reason, "flagged": flagged, "booked": booked}
         return render(request, "calls.html", principal, calls=found, live=live, filters=filters)
 
     @router.get("/calls/{call_id}", response_class=HTMLResponse)
