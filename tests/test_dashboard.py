@@ -48,6 +48,8 @@ STATE_CHANGES = [
     ),
     ("/tuning/start", {}),
     ("/tuning/stop", {}),
+    ("/users", {"username": "mallory", "role": "admin", "new_password": "x" * 12, "password": PASSWORD}),
+    ("/users/oscar/disable", {}),
     ("/logout", {}),
 ]
 PAGES = [
@@ -249,6 +251,35 @@ def test_the_review_queue_lists_turns_the_agent_asked_again_until_they_are_corre
         data={"csrf_token": csrf, "intents": "other"},
     )
     assert (call_id, mine[0].turn_index) not in {(i.call_id, i.turn_index) for i in review_queue(dashboard.db)}
+
+
+def test_an_admin_adds_and_disables_staff_in_the_page_and_operators_cannot(dashboard):
+    operator, operator_csrf = sign_in(dashboard, "oscar")
+    assert operator.get(f"{dashboard.url}/users").status_code == 403
+    grab = {"username": "mallory", "role": "admin", "new_password": "x" * 12, "password": PASSWORD}
+    assert operator.post(f"{dashboard.url}/users", data={**grab, "csrf_token": operator_csrf}).status_code == 403
+    assert 'href="/users"' not in operator.get(f"{dashboard.url}/calls").text
+
+    admin, csrf = sign_in(dashboard, "alice")
+    page = admin.get(f"{dashboard.url}/users")
+    assert page.status_code == 200 and "oscar" in page.text and 'href="/users"' in page.text
+    new = {"username": "Nora", "role": "operator", "new_password": "a long passphrase", "csrf_token": csrf}
+    assert admin.post(f"{dashboard.url}/users", data={**new, "password": "not mine"}).status_code == 403
+    short = admin.post(f"{dashboard.url}/users", data={**new, "new_password": "short", "password": PASSWORD})
+    assert short.status_code == 422 and "at least 10 characters" in short.text
+    added = admin.post(f"{dashboard.url}/users", data={**new, "password": PASSWORD})
+    assert added.status_code == 200 and "nora" in added.text
+    taken = admin.post(f"{dashboard.url}/users", data={**new, "password": PASSWORD})
+    assert taken.status_code == 422 and "exists" in taken.text
+    nora, _ = sign_in(dashboard, "nora", "a long passphrase")  # the new operator signs in
+
+    assert admin.post(f"{dashboard.url}/users/alice/disable", data={"csrf_token": csrf}).status_code == 409
+    assert admin.post(f"{dashboard.url}/users/nobody/disable", data={"csrf_token": csrf}).status_code == 404
+    assert admin.post(f"{dashboard.url}/users/nora/disable", data={"csrf_token": csrf}).status_code == 200
+    assert nora.get(f"{dashboard.url}/calls", headers={"Accept": "text/html"}).url.startswith(f"{dashboard.url}/login")
+    done = {(e.action, e.actor, e.target) for e in AuditLog(dashboard.db).recent()}
+    assert {("user.add", "alice", "nora"), ("user.disable", "alice", "nora")} <= done
+    assert [a.username for a in Accounts(dashboard.db).list() if a.is_admin] == ["alice"]
 
 
 def test_calls_are_found_by_whether_they_made_a_booking(dashboard):

@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from innkeeper.core.audit import AuditLog
-from innkeeper.serve.auth import CSRF_FIELD, Principal
+from innkeeper.serve.auth import CSRF_FIELD, Principal, Refused
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 
@@ -33,3 +33,14 @@ def services(request: Request) -> Any:
 async def audit(request: Request, actor: str, action: str, target: str = "", **detail: Any) -> None:
     log: AuditLog = request.app.state.audit
     await asyncio.to_thread(log.record, actor, action, target, **detail)
+
+
+async def reauthenticate(request: Request, principal: Principal, password: str) -> None:
+    """Sensitive changes (models, staff) need the admin's password again: a signed-in browser left open is not
+    enough. Scripts with the bearer token have no password to give and use the admin API instead."""
+    if principal.csrf_token is None:
+        raise Refused(403, "scripts make this change through the admin API or the CLI")
+    account = await asyncio.to_thread(request.app.state.accounts.verify, principal.name, password)
+    if account is None:
+        await audit(request, principal.name, "reauthenticate.failed")
+        raise Refused(403, "wrong password")

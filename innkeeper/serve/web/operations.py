@@ -15,9 +15,9 @@ from agent.dialogue.tools import ToolError
 from innkeeper.core.hotel_edits import HotelEditError, HotelFacts
 from innkeeper.core.settings import PROJECT_ROOT, Settings
 from innkeeper.serve.admin import AdminError
-from innkeeper.serve.auth import AdminOnly, Principal, Refused, Staff
+from innkeeper.serve.auth import AdminOnly, Principal, Staff
 from innkeeper.serve.web.charts import line_chart
-from innkeeper.serve.web.common import audit, render, services
+from innkeeper.serve.web.common import audit, reauthenticate, render, services
 from innkeeper.serve.web.jobs import JobBusy, NightlyJobs
 from innkeeper.serve.web.runs import list_runs
 
@@ -217,21 +217,11 @@ def _topic_answers(form: Any, kind: str) -> dict[str, str]:
     }
 
 
-async def _reauthenticate(request: Request, principal: Principal, password: str) -> None:
-    """Model changes need the admin's password again (a signed-in browser left open is not enough)."""
-    if principal.csrf_token is None:
-        raise Refused(403, "scripts change models through /admin/models")
-    account = await asyncio.to_thread(request.app.state.accounts.verify, principal.name, password)
-    if account is None:
-        await audit(request, principal.name, "reauthenticate.failed")
-        raise Refused(403, "wrong password")
-
-
 async def _change_model(request: Request, principal: Principal, *, promote: str | None) -> Response:
     """Promote version `promote`, or roll back when None: the admin's password again, a reason, the audit log."""
     form = await request.form()
     reason = str(form.get("reason", "")).strip()
-    await _reauthenticate(request, principal, str(form.get("password", "")))
+    await reauthenticate(request, principal, str(form.get("password", "")))
     admin = request.app.state.model_admin
     if promote is None:
         action, target, operation = "model.rollback", "", admin.rollback(actor=principal.name, reason=reason)

@@ -1,17 +1,19 @@
-"""Signing in and out of the dashboard (sessions and throttling live in `innkeeper/serve/auth.py`)."""
+"""Signing in and out of the dashboard, and the staff who may (admins add and disable users on /users;
+sessions and throttling live in `innkeeper/serve/auth.py`)."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from innkeeper.core.accounts import Accounts
+from innkeeper.core.accounts import AccountError, Accounts
+from innkeeper.core.db.schema import STAFF_ROLES
 from innkeeper.core.settings import Settings
-from innkeeper.serve.auth import SESSION_COOKIE, LoginThrottle, Staff, check_origin
-from innkeeper.serve.web.common import audit, render
+from innkeeper.serve.auth import SESSION_COOKIE, AdminOnly, LoginThrottle, Principal, Staff, check_origin
+from innkeeper.serve.web.common import audit, reauthenticate, render
 
 
 def signin_router(settings: Settings) -> APIRouter:
@@ -66,11 +68,55 @@ def signin_router(settings: Settings) -> APIRouter:
         response.delete_cookie(SESSION_COOKIE)
         return response
 
+    # ------------------------------------------------------------------ staff (admins)
+    @router.get("/users", response_class=HTMLResponse)
+    async def users(request: Request, principal: AdminOnly) -> Response:
+        return await _users_page(request, principal)
+
+    @router.post("/users")
+    async def add_user(
+        request: Request,
+        principal: AdminOnly,
+        username: Annotated[str, Form()] = "",
+        role: Annotated[str, Form()] = "operator",
+        new_password: Annotated[str, Form()] = "",
+        password: Annotated[str, Form()] = "",
+    ) -> Response:
+        """A new operator or admin; the admin re-enters their own password (an open browser is not enough)."""
+        await reauthenticate(request, principal, password)
+        try:
+            account = await asyncio.to_thread(request.app.state.accounts.add, username, new_password, role)
+        except AccountError as err:
+            return await _users_page(request, principal, error=str(err), status=422)
+        await audit(request, principal.name, "user.add", account.username, role=account.role)
+        return RedirectResponse("/users", status_code=303)
+
+    @router.post("/users/{username}/disable")
+    async def disable_user(username: str, request: Request, principal: AdminOnly) -> Response:
+        """Stop a user signing in and end their sessions at once; an admin cannot lock themselves out."""
+        if username == principal.name:
+            raise HTTPException(409, "you cannot disable your own account")
+        try:
+            account = await asyncio.to_thread(request.app.state.accounts.disable, username)
+        except AccountError as err:
+            raise HTTPException(404, str(err)) from None
+        await audit(request, principal.name, "user.disable", account.username)
+        return RedirectResponse("/users", status_code=303)
+
     @router.get("/")
     async def home() -> Response:
         return RedirectResponse("/calls", status_code=303)
 
     return router
+
+
+async def _users_page(
+    request: Request, principal: Principal, *, error: str | None = None, status: int = 200
+) -> Response:
+    accounts = await asyncio.to_thread(request.app.state.accounts.list)
+    page = render(request, "users.html", principal, accounts=accounts, roles=STAFF_ROLES, error=error)
+    page.status_code = status
+    return page
 
 
 def _safe_next(target: str) -> str:
