@@ -1,6 +1,8 @@
 """Faults a hotel's line must survive. A server killed mid-call: when it starts again, the calls it had open
 are recorded as ended ('interrupted', at their last logged turn) — nothing is left half-open — while calls
-another server is still taking are left alone, and every booking stays as it was.
+another server is still taking are left alone, and every booking stays as it was. A database down for a
+whole call: the caller is answered, the call's turns wait on disk (agent.call.backlog) and reach the database
+once it answers — at the next drain or the next start-up — each turn once.
 """
 
 from __future__ import annotations
@@ -8,7 +10,9 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+from agent.call.backlog import CallBacklog, UnsavedCall, UnsavedTurn
 from agent.call.calllog import CallLog
+from innkeeper.core.db.database import Database
 from innkeeper.core.settings import Settings
 from innkeeper.serve.app import create_app
 from innkeeper.serve.runtime import AgentRuntime
@@ -49,3 +53,67 @@ def test_a_restarted_server_closes_the_calls_it_left_open_and_no_others(tmp_path
     assert runtime.tools.list_bookings() == bookings_before
     # the agent's own calls carry the server's name, so the next restart can find them
     assert summary(booked).meta["server"] == "front-1"
+
+
+# Nothing listens on port 1: every connection is refused at once, as with a database server that is down.
+DOWN = "postgresql+psycopg://innkeeper@127.0.0.1:1/innkeeper"
+
+
+def test_a_call_while_the_database_is_down_is_answered_and_written_when_it_is_back(tmp_path, db):
+    settings = Settings(home=tmp_path, today="2026-11-26", database_url=db.engine.url.render_as_string(False),
+                        llm_model="none", registry_poll_s=0)  # fmt: skip
+    runtime = AgentRuntime(settings, llm=None, db=db)
+    down = CallLog(Database(DOWN))
+
+    async def call() -> tuple[str, list[str]]:
+        convo = runtime.new_conversation(caller_number="+12075550100")
+        convo.call_log = down  # the call log's database goes away before the call starts
+        replies = [await convo.greet()]
+        for line in ("Do you have parking?", "Thanks, that's all."):
+            replies.append(await convo.reply(line))
+        await convo.close()
+        return convo.planned_call_id, replies
+
+    call_id, replies = asyncio.run(call())
+
+    assert all(replies) and "parking" in replies[1].lower()  # the caller was answered throughout
+    [kept] = runtime.backlog.pending()
+    assert kept.name == f"{call_id}.json"
+    assert runtime.call_log.search(text="parking") == []  # nothing reached the database
+
+    assert runtime.backlog.drain() == 1  # the database answers again
+    assert runtime.backlog.pending() == []
+    turns = runtime.call_log.transcript(call_id)
+    assert [t.role for t in turns] == ["agent", "caller", "agent", "caller", "agent"]
+    assert [t.text for t in turns if t.role == "agent"] == replies
+    summary = runtime.call_log.call_summary(call_id)
+    assert summary.end_reason == "completed" and summary.caller_number == "+12075550100"
+    assert summary.meta["server"] == settings.server_id
+
+
+def test_a_backlog_restore_adds_only_missing_turns_and_survives_a_restart(tmp_path, db):
+    settings = Settings(home=tmp_path, today="2026-11-26", database_url=db.engine.url.render_as_string(False),
+                        llm_model="none", registry_poll_s=0)  # fmt: skip
+    runtime = AgentRuntime(settings, llm=None, db=db)
+    # the database took the call's first two turns, then went away until after the call ended
+    call_id = open_call(runtime.call_log, settings.server_id, turns=2)
+    stored = runtime.call_log.transcript(call_id)
+    now = datetime.now(UTC)
+    later = [("caller", "A room for two nights, please.", now), ("agent", "For which dates?", now)]
+    unsaved = UnsavedCall(call_id=call_id, channel="twilio", caller_number=None, model_version="template",
+                          meta={}, started_at=stored[0].started_at, ended_at=now, end_reason="hangup",
+                          turns=[])  # fmt: skip
+    overlap = [UnsavedTurn(t.role, t.text, t.started_at, t.ended_at) for t in stored[1:]]
+    unsaved.turns = overlap + [UnsavedTurn(role, text, at, at) for role, text, at in later]
+    CallBacklog(settings.home / "backlog", runtime.call_log).keep(unsaved)
+    (settings.home / "backlog" / "garbled.json").write_text("{not json")
+
+    with serving(create_app(settings, runtime=runtime, models=StubSpeech())):
+        pass  # start-up writes the backlog, before it marks its open calls interrupted
+
+    turns = runtime.call_log.transcript(call_id)
+    assert [t.text for t in turns] == [t.text for t in stored] + [text for _, text, _ in later]
+    assert [t.index for t in turns] == [0, 1, 2, 3]
+    assert runtime.call_log.call_summary(call_id).end_reason == "hangup"  # how it really ended, not 'interrupted'
+    assert runtime.backlog.pending() == [] and (settings.home / "backlog" / "garbled.bad").exists()
+    assert runtime.call_log.restore(unsaved) == 0  # a second restore (a crash before the file was deleted) adds nothing

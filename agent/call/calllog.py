@@ -8,14 +8,17 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass, replace
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from innkeeper.core.db.database import Database
 from innkeeper.core.db.schema import TURN_ROLES, Booking, Call, Turn, utcnow
+
+if TYPE_CHECKING:
+    from agent.call.backlog import UnsavedCall
 
 
 class CallNotFound(LookupError):
@@ -111,6 +114,54 @@ class CallLog:
             )
             session.add(turn)
             return turn.index
+
+        return self._db.transact(work)
+
+    def restore(self, call: UnsavedCall) -> int:
+        """Write a call the database could not take in time (agent.call.backlog), in one transaction: its record
+        if missing, its turns after those stored (a turn already stored — same role, text and start — is
+        skipped, so a restore that ran before is harmless), and its end. Returns the turns added."""
+
+        def work(session: Session) -> int:
+            record = session.get(Call, call.call_id, with_for_update=True)
+            if record is None:
+                record = Call(
+                    id=call.call_id,
+                    channel=call.channel,
+                    caller_number=call.caller_number,
+                    started_at=call.started_at,
+                    model_version=call.model_version,
+                    meta=dict(call.meta),
+                )
+                session.add(record)
+                session.flush()
+            stored = session.execute(
+                select(Turn.index, Turn.role, Turn.text, Turn.started_at).where(Turn.call_id == call.call_id)
+            ).all()
+            seen = {(role, text, _utc(started)) for _, role, text, started in stored}
+            index = max((row[0] for row in stored), default=-1) + 1
+            added = 0
+            for turn in call.turns:
+                if (turn.role, turn.text, _utc(turn.started_at)) in seen:
+                    continue
+                session.add(
+                    Turn(
+                        call_id=call.call_id,
+                        index=index,
+                        role=turn.role,
+                        text=turn.text,
+                        started_at=turn.started_at,
+                        ended_at=turn.ended_at,
+                        tool_calls=turn.tool_calls,
+                        latencies=turn.latencies,
+                        model_version=turn.model_version or record.model_version,
+                    )
+                )
+                index += 1
+                added += 1
+            if record.ended_at is None:
+                record.ended_at, record.end_reason = call.ended_at, call.end_reason
+            return added
 
         return self._db.transact(work)
 
@@ -280,6 +331,11 @@ class HourlyLatency:
     turns: int
     p50_ms: float
     p95_ms: float
+
+
+def _utc(moment: datetime) -> datetime:
+    """Timestamps compared across backends: SQLite gives naive UTC back, PostgreSQL aware ones."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from agent.call.backlog import CallBacklog, UnsavedCall, UnsavedTurn
 from agent.call.calllog import CallLog
 from agent.call.turns import TurnsInProgress
 from agent.dialogue.manager import DialogueManager, Reader
@@ -53,17 +54,6 @@ _SYSTEM_TROUBLE = "I'm sorry, I'm having trouble reaching our reservation system
 _RESUMABLE_ACTS = frozenset({"clarify", "already_booked"})
 _RESUME_LEAD = "Sorry, as I was saying:"
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-
-
-@dataclass
-class _PendingTurn:
-    role: str
-    text: str
-    started_at: datetime
-    ended_at: datetime
-    model_version: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    latencies: dict[str, float] | None = None
 
 
 @dataclass
@@ -100,8 +90,12 @@ class Conversation:
         reader: Reader | None = None,
         trust: str = "model",
         call_meta: dict[str, Any] | None = None,
+        backlog: CallBacklog | None = None,
     ):
         self.hotel = hotel
+        # Where turns still unsaved when the call ends go (the database was down): disk, written back later.
+        self.backlog = backlog
+        self._started_at = _now()
         self._call_meta = call_meta or {}  # written with the call record (e.g. which server took the call)
         # Asked at every turn: facts staff edit in the dashboard reach a call in progress at its next turn.
         self._hotel_source = hotel_source
@@ -128,7 +122,7 @@ class Conversation:
         )
         self.history: list[dict[str, str]] = []
         self.last_turn: TurnOutcome | None = None
-        self._unsaved: list[_PendingTurn] = []
+        self._unsaved: list[UnsavedTurn] = []
         self._open_reply: tuple[TurnOutcome, datetime, str] | None = None
         self._unheard: list[str] = []  # sentences of the last reply a barge-in kept from the caller
         self._closed = False
@@ -167,7 +161,7 @@ class Conversation:
         text = self.greeting()
         now = _now()
         self.history.append({"role": "assistant", "content": text})
-        await self._save(_PendingTurn("agent", text, now, now, model_version=self.model_version))
+        await self._save(UnsavedTurn("agent", text, now, now, model_version=self.model_version))
         return text
 
     def _follow_hotel_edits(self) -> None:
@@ -195,7 +189,7 @@ class Conversation:
             masked, plan = await self._decide(user_text)
             plan = self._resume_if_unplaced(plan)
             decided_ms = _ms_since(t0)
-            await self._save(_PendingTurn("caller", masked, started, _now(), latencies=heard))
+            await self._save(UnsavedTurn("caller", masked, started, _now(), latencies=heard))
             record = TurnOutcome(
                 caller_text=masked,
                 reply_text="",
@@ -256,7 +250,7 @@ class Conversation:
         """Log caller words that got no reply (the caller hung up mid-sentence); card numbers are masked."""
         masked, _, _ = mask_turn(clean_utterance(text).text)
         now = _now()
-        await self._save(_PendingTurn("caller", masked, now, now, latencies=meta))
+        await self._save(UnsavedTurn("caller", masked, now, now, latencies=meta))
 
     async def log_handoff(self, reason: str) -> None:
         """Record that the call was handed to a person, and why (the call's metadata)."""
@@ -275,14 +269,33 @@ class Conversation:
         """End the call record (a reply still waiting for `finish_reply` is logged as generated)."""
         if self._open_reply is not None:
             await self.finish_reply()
-        if self._closed or self.call_id is None:
+        if self._closed or (self.call_id is None and not self._unsaved):
             return
         self._closed = True
         await self._flush()
-        try:
-            await asyncio.to_thread(self.call_log.end_call, self.call_id, reason=reason)
-        except DB_ERRORS as err:
-            log.error("could not close call %s: %s", self.call_id, err)
+        ended = False
+        if self.call_id is not None:
+            try:
+                await asyncio.to_thread(self.call_log.end_call, self.call_id, reason=reason)
+                ended = True
+            except DB_ERRORS as err:
+                log.error("could not close call %s: %s", self.call_id, err)
+        if (self._unsaved or not ended) and self.backlog is not None:
+            await asyncio.to_thread(self.backlog.keep, self._unsaved_call(reason))
+            self._unsaved = []
+
+    def _unsaved_call(self, reason: str) -> UnsavedCall:
+        return UnsavedCall(
+            call_id=self.call_id or self.planned_call_id,
+            channel=self.channel,
+            caller_number=self.caller_number,
+            model_version=self.model_version,
+            meta=dict(self._call_meta),
+            started_at=self._started_at,
+            ended_at=_now(),
+            end_reason=reason,
+            turns=list(self._unsaved),
+        )
 
     # ------------------------------------------------------------------ internals
     def _resume_if_unplaced(self, plan: ReplyPlan) -> ReplyPlan:
@@ -325,7 +338,7 @@ class Conversation:
             {"role": "assistant", "content": record.reply_text},
         ]
         await self._save(
-            _PendingTurn(
+            UnsavedTurn(
                 "agent",
                 record.reply_text,
                 started,
@@ -338,7 +351,7 @@ class Conversation:
         if plan.end_call:
             await self.close("transfer" if plan.transfer else "completed")
 
-    async def _save(self, turn: _PendingTurn) -> None:
+    async def _save(self, turn: UnsavedTurn) -> None:
         self._unsaved.append(turn)
         await self._flush()
 

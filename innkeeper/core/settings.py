@@ -213,6 +213,12 @@ class Settings(BaseSettings):
         "call beyond it hears that the lines are busy and is handed to the front desk or asked to call back; "
         "0 = no limit.",
     )
+    backlog_retry_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How often (seconds) the server writes the calls it kept on disk while the database was down "
+        "(INNKEEPER_HOME/backlog).",
+    )
     server_id: str = Field(
         default_factory=socket.gethostname,
         max_length=64,

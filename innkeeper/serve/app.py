@@ -66,7 +66,9 @@ def create_app(
         )
         await admin.startup()
         app.state.model_admin = admin
+        await _write_backlog(agent)  # before marking open calls interrupted: the backlog knows how they ended
         await _end_interrupted_calls(agent, settings)
+        backlog = asyncio.create_task(agent.backlog.keep_draining(settings.backlog_retry_s), name="call-backlog")
         app.state.accounts = Accounts(agent.db, session_lifetime=timedelta(hours=settings.session_hours))
         app.state.audit = AuditLog(agent.db)
         speech = models or await asyncio.to_thread(load_speech_models, settings)
@@ -78,6 +80,7 @@ def create_app(
         yield
         if poller is not None:
             poller.cancel()
+        backlog.cancel()
         for call in list(app.state.services.active.values()):
             await call.hang_up("server shutdown")
 
@@ -96,6 +99,7 @@ def create_app(
             "tasks": len(asyncio.all_tasks()),
             "task_names": sorted(t.get_coro().__qualname__ for t in asyncio.all_tasks()),
             "rejected_messages": int(services.metrics.snapshot().get("innkeeper_rejected_messages_total", 0)),
+            "calls_waiting_for_database": len(services.runtime.backlog.pending()),
             "model_version": llm.version if llm is not None else "template",
             "model_error": request.app.state.model_admin.error,
         }
@@ -151,6 +155,14 @@ def create_app(
         return await _call_record(services, call_id)
 
     return app
+
+
+async def _write_backlog(runtime: AgentRuntime) -> None:
+    """Calls kept on disk while the database was down (before the last shutdown): write them now if it answers."""
+    try:
+        await asyncio.to_thread(runtime.backlog.drain)
+    except OSError as err:
+        log.warning("could not read the call backlog in %s: %s", runtime.backlog.directory, err)
 
 
 async def _end_interrupted_calls(runtime: AgentRuntime, settings: Settings) -> None:

@@ -13,6 +13,7 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
+from agent.call.backlog import CallBacklog
 from agent.call.calllog import CallLog
 from agent.call.conversation import DB_ERRORS, Conversation
 from agent.dialogue.tools import HotelTools
@@ -56,6 +57,8 @@ class AgentRuntime:
         self.today = hotel_today(settings, file_profile)
         self.tools = HotelTools(self.db, file_profile, today=self.today)
         self.call_log = CallLog(self.db)
+        # Calls that end while the database is down are kept here and written when it is back.
+        self.backlog = CallBacklog(settings.home / "backlog", self.call_log)
         self.slot = ModelSlot(llm)
         self._reader: ModelReader | None = None
 
@@ -101,6 +104,7 @@ class AgentRuntime:
             reader=self._read_with_serving_model if self.settings.model_understanding else None,
             trust=self.settings.model_understanding_trust,
             call_meta={"server": self.settings.server_id},
+            backlog=self.backlog,
         )
 
     def _read_with_serving_model(self, agent_text: str | None, caller_text: str) -> TurnAction | None:
