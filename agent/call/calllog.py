@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -101,16 +101,16 @@ class CallLog:
             # Locking the call row gives concurrent writers to one call distinct, gap-free indexes.
             call = _get_call(session, call_id, for_update=True)
             last = session.scalar(select(func.max(Turn.index)).where(Turn.call_id == call_id))
-            turn = Turn(
-                call_id=call_id,
-                index=0 if last is None else last + 1,
+            turn = _turn_row(
+                call,
+                0 if last is None else last + 1,
                 role=role,
                 text=text,
                 started_at=started_at,
                 ended_at=ended_at,
+                model_version=model_version,
                 tool_calls=tool_calls,
                 latencies=latencies,
-                model_version=model_version or call.model_version,
             )
             session.add(turn)
             return turn.index
@@ -144,19 +144,7 @@ class CallLog:
             for turn in call.turns:
                 if (turn.role, turn.text, _utc(turn.started_at)) in seen:
                     continue
-                session.add(
-                    Turn(
-                        call_id=call.call_id,
-                        index=index,
-                        role=turn.role,
-                        text=turn.text,
-                        started_at=turn.started_at,
-                        ended_at=turn.ended_at,
-                        tool_calls=turn.tool_calls,
-                        latencies=turn.latencies,
-                        model_version=turn.model_version or record.model_version,
-                    )
-                )
+                session.add(_turn_row(record, index, **asdict(turn)))
                 index += 1
                 added += 1
             if record.ended_at is None:
@@ -378,6 +366,32 @@ def _get_call(session: Session, call_id: str, *, for_update: bool = False) -> Ca
     if call is None:
         raise CallNotFound(f"no call with id {call_id!r}")
     return call
+
+
+def _turn_row(
+    call: Call,
+    index: int,
+    *,
+    role: str,
+    text: str,
+    started_at: datetime,
+    ended_at: datetime,
+    model_version: str | None,
+    tool_calls: list[dict[str, Any]] | None,
+    latencies: dict[str, float] | None,
+) -> Turn:
+    """A new turn of `call` at `index`; without a model version of its own it has the call's."""
+    return Turn(
+        call_id=call.id,
+        index=index,
+        role=role,
+        text=text,
+        started_at=started_at,
+        ended_at=ended_at,
+        tool_calls=tool_calls,
+        latencies=latencies,
+        model_version=model_version or call.model_version,
+    )
 
 
 def _record(turn: Turn) -> TurnRecord:
