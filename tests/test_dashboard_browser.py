@@ -207,6 +207,10 @@ def test_staff_book_a_room_by_talking_to_the_agent_from_the_browser_while_anothe
         phone.wait_for_selector("#call-state:text('call ended')", timeout=240_000)
         said = phone.inner_text("#call-lines")
         watched = watcher.inner_text("#live-calls")
+        # both legs of the recording play in the call's page
+        [call] = runtime.call_log.search()
+        watcher.goto(f"{url}/calls/{call.id}")
+        played = watcher.evaluate(PLAY_EVERY_AUDIO)
         browser.close()
 
     # the speech engines measured their speed on this call (the health page and /metrics show it)
@@ -219,6 +223,25 @@ def test_staff_book_a_room_by_talking_to_the_agent_from_the_browser_while_anothe
     assert "Agent:" in said and "You:" in said
     # the live page showed the same call, line by line, and its end
     assert "Caller:" in watched and "Agent:" in watched and "ended" in watched
+    assert len(played) == 2, played  # caller and agent legs
+    for leg in played:
+        assert leg["error"] is None and leg["duration"] > 10 and leg["currentTime"] > 0.5, played
+
+
+# Loads and plays every <audio> of the page for a moment; what each reports (duration, position reached, error).
+PLAY_EVERY_AUDIO = """async () => {
+  const results = [];
+  for (const audio of document.querySelectorAll("audio")) {
+    audio.muted = true;
+    let error = null;
+    try { await audio.play(); } catch (e) { error = String(e); }
+    await new Promise(resolve => setTimeout(resolve, 1500));
+    audio.pause();
+    results.push({src: audio.currentSrc, duration: audio.duration, currentTime: audio.currentTime,
+                  error: error || (audio.error && audio.error.message) || null});
+  }
+  return results;
+}"""
 
 
 def write_caller_wav(path, lines, *, lead_s: float = 2.0, pause_s: float = 8.5) -> None:
