@@ -32,7 +32,6 @@ def talk(runtime: AgentRuntime, lines, conversation=None) -> tuple[list[str], ob
         if convo.call_id is None:
             await convo.start()
         replies = [await convo.reply(line) for line in lines]
-        await convo.wait_logged()  # turns are logged in the background; these tests read the log mid-call
         return replies, convo
 
     return asyncio.run(run())
@@ -262,7 +261,6 @@ def test_a_reply_cut_before_the_caller_heard_it_is_said_again(runtime, db):
         await convo.finish_reply(first_words, interrupted=True)
         resumed = await convo.reply("That's right.")
         after = await convo.reply("Sorry?")  # nothing was cut this time: the normal reply
-        await convo.wait_logged()
         return confirmation, resumed, after
 
     confirmation, resumed, after = asyncio.run(run())

@@ -123,7 +123,6 @@ class Conversation:
         self.history: list[dict[str, str]] = []
         self.last_turn: TurnOutcome | None = None
         self._unsaved: list[UnsavedTurn] = []
-        self._writing: asyncio.Task[None] | None = None  # the call log write in flight (see _save)
         self._open_reply: tuple[TurnOutcome, datetime, str] | None = None
         self._unheard: list[str] = []  # sentences of the last reply a barge-in kept from the caller
         self._closed = False
@@ -143,10 +142,8 @@ class Conversation:
 
     async def start(self) -> str:
         """Open the call record; returns the call id."""
-        return await asyncio.to_thread(self._open_record)
-
-    def _open_record(self) -> str:
-        self.call_id = self.call_log.start_call(
+        self.call_id = await asyncio.to_thread(
+            self.call_log.start_call,
             channel=self.channel,
             caller_number=self.caller_number,
             model_version=self.model_version,
@@ -257,7 +254,8 @@ class Conversation:
 
     async def log_handoff(self, reason: str) -> None:
         """Record that the call was handed to a person, and why (the call's metadata)."""
-        await self.wait_logged()
+        if self.call_id is None:
+            await self._flush()
         if self.call_id is None:
             return
         try:
@@ -274,7 +272,7 @@ class Conversation:
         if self._closed or (self.call_id is None and not self._unsaved):
             return
         self._closed = True
-        await self.wait_logged()
+        await self._flush()
         ended = False
         if self.call_id is not None:
             try:
@@ -354,42 +352,22 @@ class Conversation:
             await self.close("transfer" if plan.transfer else "completed")
 
     async def _save(self, turn: UnsavedTurn) -> None:
-        """Queue a turn for the call log. The caller never waits for the database (a locked or slow one held
-        replies up for seconds): writes run in a background task, one at a time, in order."""
         self._unsaved.append(turn)
-        self._writer()
-
-    async def wait_logged(self) -> None:
-        """Write every queued turn now and wait for it (a database error leaves them queued for later)."""
-        await self._writer()
-
-    def _writer(self) -> asyncio.Task[None]:
-        """This call's one call-log writer: the write in flight (it takes newly queued turns too), or a new one.
-
-        A write started under another event loop (scripts that `asyncio.run` each turn) is over: that loop's
-        shutdown waited for its worker thread."""
-        writing = self._writing
-        if writing is None or writing.done() or writing.get_loop() is not asyncio.get_running_loop():
-            writing = self._writing = asyncio.create_task(self._flush(), name="call-log-writer")
-        return writing
+        await self._flush()
 
     async def _flush(self) -> None:
-        """Write the unsaved turns, in order, in a worker thread; on a database error keep the rest for later.
-
-        Turns queued while the thread finished are written by another round, so none waits for the next turn."""
-        while await asyncio.to_thread(self._write_unsaved) and self._unsaved:
-            pass
-
-    def _write_unsaved(self) -> bool:
-        """True when every queued turn was written (False: the database failed; they stay queued)."""
-        # Each turn leaves the queue only once written, and in the same thread: a task cancelled while this
-        # runs (its loop closing) cannot leave a written turn queued to be written twice.
-        try:
-            if self.call_id is None:
-                self._open_record()
-            while self._unsaved:
-                turn = self._unsaved[0]
-                self.call_log.log_turn(
+        """Write unsaved turns in order; on a database error keep them for the next attempt."""
+        if self.call_id is None:
+            try:
+                await self.start()
+            except DB_ERRORS as err:
+                log.error("call log unavailable, keeping %d turns in memory: %s", len(self._unsaved), err)
+                return
+        while self._unsaved:
+            turn = self._unsaved[0]
+            try:
+                await asyncio.to_thread(
+                    self.call_log.log_turn,
                     self.call_id,
                     role=turn.role,
                     text=turn.text,
@@ -399,11 +377,10 @@ class Conversation:
                     tool_calls=turn.tool_calls,
                     latencies=turn.latencies,
                 )
-                self._unsaved.pop(0)
-        except DB_ERRORS as err:
-            log.error("call log unavailable, keeping %d turns in memory: %s", len(self._unsaved), err)
-            return False
-        return True
+            except DB_ERRORS as err:
+                log.error("call log unavailable, keeping %d turns in memory: %s", len(self._unsaved), err)
+                return
+            self._unsaved.pop(0)
 
 
 def unheard_sentences(generated: str, heard: str) -> list[str]:
