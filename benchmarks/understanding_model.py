@@ -1,4 +1,5 @@
-"""Teach the model to read caller turns: train on SGD train annotations (tuning/data/actions.py), export the
+"""Teach the model to read caller turns: train on the annotated turns (SGD train, MultiWOZ hotel dialogues that
+are not the measured hotel-only ones; tuning/data/actions.py), export the
 tuned model, and print its loss before and after; then measure it turn by turn with
 
     .venv/bin/innkeeper eval understanding <dev file> --today 2019-03-01 --model <exported dir> --limit N
@@ -22,7 +23,7 @@ from transformers import AutoTokenizer
 from innkeeper.core.settings import Settings
 from innkeeper.models.artifacts import export_hf
 from innkeeper.models.resolve import start_model_dir
-from tuning.data.actions import SGD_TRAIN, encode_action_examples, sgd_action_examples
+from tuning.data.actions import annotated_readings, encode_action_examples
 from tuning.methods import get_method
 from tuning.pipeline import tune, tune_config
 
@@ -40,13 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     base_dir = start_model_dir(settings)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    rows = (json.loads(line) for line in (settings.shared_data / SGD_TRAIN).open(encoding="utf-8"))
-    examples = [example for row in rows for example in sgd_action_examples(row)]
+    examples = annotated_readings(settings.shared_data)
     random.Random(0).shuffle(examples)
     held_out = len(examples) // 20
     encoded = encode_action_examples(examples, tokenizer)
     train, dev = encoded[held_out:], encoded[:held_out]
-    print(f"{len(train)} training / {len(dev)} held-out turn readings from {SGD_TRAIN}", file=sys.stderr)
+    print(f"{len(train)} training / {len(dev)} held-out annotated turn readings", file=sys.stderr)
     cfg = tune_config(settings, steps=args.steps, batch_size=args.batch_size, lr=args.lr)
     method = get_method(args.method)
     protected = None if method.needs_bases or method.needs_protected else ([], {})  # None: build the corpus
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         train_examples=train,
         eval_examples=dev,
         out_dir=args.out / "run",
-        lineage={"readings": SGD_TRAIN, "examples": len(train)},
+        lineage={"readings": "SGD train + MultiWOZ hotel (not hotel-only)", "examples": len(train)},
         protected=protected,
     )
     export_hf(base_dir, outcome.artifact, args.out / "model")
