@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 from transformers import AutoTokenizer
 
 from agent.call.calllog import CallLog
+from agent.understanding.action import ActionIntent, ActionSlots, TurnAction
 from innkeeper.core.db.schema import Call, Turn, utcnow
 from innkeeper.core.settings import Settings
 from innkeeper.serve.runtime import AgentRuntime
@@ -363,3 +364,40 @@ def test_turn_ids_read_from_the_database_match_the_log(db):
         ids = list(s.scalars(select(Turn.id).where(Turn.call_id == call_id).order_by(Turn.index)))
     assert [t.id for t in dialogue.turns] == ids
     assert [t.act for t in dialogue.turns] == [None, None, "greet"]
+
+
+# ---------------------------------------------------------------- readings labelled by a confirmed booking
+
+
+def test_a_confirmed_booking_labels_the_turns_that_gave_its_details(runtime, db, settings):
+    lines = (
+        "Hi, I'd like to book a room arriving Dec. 9 for three nights.",
+        "Sorry, my mistake: arriving Dec. 7, for two nights.",
+        "Is parking included?",
+        "Two adults.",
+        "The standard, please.",
+        "My name is Maria Okafor.",
+        "My number is 207 555 0148.",
+        "Yes, please book it.",
+        "Thanks, bye!",
+    )
+    booked = call(runtime, lines, number="+1 207 555 0148")
+    no_booking = call(runtime, lines[:4], number="+1 207 555 0199")
+    (booking,) = runtime.tools.list_bookings()
+    assert (booking.check_in, booking.check_out, booking.guests) == (date(2026, 12, 7), date(2026, 12, 9), 2)
+
+    report = curate(db, settings, since=None)
+
+    readings = {e.caller_text: e.action for e in report.readings}
+    assert {e.example_id.split("#")[0] for e in report.readings} == {booked}  # a call that booked nothing: none
+    assert no_booking in report.call_ids
+    assert report.counts["confirmed_readings"] == len(readings) == 5
+    # the dates in the caller's own words (what the served reader quotes), the counts as the booking holds them
+    changed_mind = readings["Sorry, my mistake: arriving Dec. 7, for two nights."]
+    assert changed_mind.slots == ActionSlots(check_in="Dec 7", nights=2)
+    assert readings["Two adults."].slots == ActionSlots(adults=2)
+    assert readings[f"My name is {NAME} {NAME}."].slots == ActionSlots(name=NAME)  # placeholders, never the name
+    assert readings[f"My number is {PHONE}."].slots == ActionSlots(phone=PHONE)
+    assert readings["Yes, please book it."] == TurnAction(intents=[ActionIntent.CONFIRM])
+    # the first dates were not what the caller confirmed, and a question's turn would be half-labelled
+    assert lines[0] not in readings and "Is parking included?" not in readings

@@ -97,6 +97,8 @@ def test_a_night_trains_on_the_calls_gates_and_registers(nightly_settings, sqlit
     assert "Diaz" not in dataset and "555 0199" not in dataset  # redacted before anything was written
     trained = json.loads((nightly_root(settings) / report.run_id / "state.json").read_text())["done"]["train"]
     assert trained["base_dir"] == str(settings.llm_model) and trained["guarded"] is False  # no `tune align` here
+    # the two bookings the callers confirmed label the turns that gave their details (dates, party, yes)
+    assert report.counts["confirmed_readings"] >= 6
 
     # Nothing new since: the next night trains nothing.
     again, _ = nightly(settings, sqlite_db)
@@ -105,12 +107,13 @@ def test_a_night_trains_on_the_calls_gates_and_registers(nightly_settings, sqlit
 
     # An operator's correction of a learned call is new data: the next night curates it as a reading example.
     call_id = sorted(learned)[0]
-    first_caller_turn = next(t.index for t in CallLog(sqlite_db).transcript(call_id) if t.role == "caller")
-    Corrections(sqlite_db).add(call_id, first_caller_turn, TurnAction(intents=[ActionIntent.ASK]), author="dana")
+    first_caller_turn = next(t for t in CallLog(sqlite_db).transcript(call_id) if t.role == "caller")
+    Corrections(sqlite_db).add(call_id, first_caller_turn.index, TurnAction(intents=[ActionIntent.ASK]), author="dana")
     corrected, _ = nightly(settings, sqlite_db, stop_after="curate")
     assert corrected.status == "running" and corrected.counts["corrected_readings"] == 1
-    (reading,) = json.loads((nightly_root(settings) / corrected.run_id / "readings.json").read_text())
-    assert reading["example_id"].startswith(call_id) and reading["action"] == {"intents": ["ask"]}
+    readings = json.loads((nightly_root(settings) / corrected.run_id / "readings.json").read_text())
+    (reading,) = [r for r in readings if r["example_id"] == f"{call_id}#{first_caller_turn.id}"]
+    assert reading["action"] == {"intents": ["ask"]}  # the operator's reading wins over any other label
 
 
 def test_a_candidate_outside_its_budgets_is_registered_as_rejected_with_reasons(nightly_settings, sqlite_db):

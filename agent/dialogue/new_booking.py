@@ -41,7 +41,7 @@ class NewBookingFlow:
         self.state.asked = meaning.intents
         if self.state.pending == "room_type" and meaning.affirm and len(self.state.offered) == 1:
             self.state.draft.room_type = self.state.offered[0]  # "yes" to "we have the Harbor Suite"
-        stay, guests = self._stay_in(text), self._guests_in(text)
+        stay, guests = self.stay_said(text), self.guests_said(text)
         if action is not None:
             stay, guests = self._with_model_reading(action, text, stay, guests)
         self._apply_stay(stay)
@@ -64,7 +64,7 @@ class NewBookingFlow:
             self.state.draft_changed = True
         return self.state.draft != before
 
-    def _stay_in(self, text: str) -> StayDates:
+    def stay_said(self, text: str) -> StayDates:
         """The rules' reading of the stay in the caller's words, with the agent's pending question in mind."""
         stay = parse_stay(text, self.state.today())
         if stay.nights is None and self.state.pending == "nights" and (n := _bare_count(text)) and 0 < n <= 60:
@@ -73,7 +73,7 @@ class NewBookingFlow:
             stay = StayDates(check_out=stay.check_in, said_check_out=True)
         return stay
 
-    def _guests_in(self, text: str) -> int | None:
+    def guests_said(self, text: str) -> int | None:
         guests = parse_guest_count(text)
         if guests is None and self.state.pending == "guests" and (n := _bare_count(text)) and 0 < n < 50:
             guests = n

@@ -297,8 +297,9 @@ def _split_name(words: list[str]) -> tuple[str | None, str | None]:
 # What the agent's last words asked for, as the dialogue's pending slot (for words from another agent: an
 # annotated dialogue's system turns, an operator). Checked in this order: "how many nights" before "arrive".
 _ASKED: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("nights", re.compile(r"\bhow (?:many|long)\b[^.?!]*\b(?:nights?|days?|stay(?:ing)?)\b|\bhow long\b", re.I)),
+    # guests before nights: "How many guests will be staying?" asks for a party size, not a length
     ("guests", re.compile(r"\bhow many\b[^.?!]*\b(?:people|persons?|guests?|adults?|of you)\b", re.I)),
+    ("nights", re.compile(r"\bhow (?:many|long)\b[^.?!]*\b(?:nights?|days?|stay(?:ing)?)\b|\bhow long\b", re.I)),
     ("check_out", re.compile(r"\b(?:check(?:ing)?[ -]?out|leav(?:e|ing)|depart\w*)\b[^.]*\?", re.I)),
     ("check_in", re.compile(r"\b(?:check(?:ing)?[ -]?in|arriv\w*|what date|which date|what day|when)\b[^.]*\?", re.I)),
     ("name", re.compile(r"\b(?:your|the guest'?s?) (?:full |first |last )?name\b", re.I)),

@@ -18,8 +18,10 @@ The whole path, in the order `curate` runs it:
    one turn keeps the rest coherent: later agent turns answer a context that contained the bad turn, and
    would teach the model to carry on from a leak as if nothing happened. Then identical dialogues
    (normalised text) are kept once and each caller number keeps only its most recent calls.
-4. **Corrected readings** (`tuning.data.actions.correction_examples`): each operator correction of a caller
-   turn that survived the steps above becomes an example of the reading, in the redacted words.
+4. **Readings** of the caller turns that survived the steps above, in the redacted words: each operator
+   correction becomes an example (`tuning.data.actions.correction_examples`), and the turns of a call that made
+   a booking are labelled by that booking, which the caller confirmed at the read-back
+   (`tuning.data.confirmed`); an operator's correction of the same turn wins.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ import re
 from collections import Counter
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, date, datetime
+from functools import partial
+from zoneinfo import ZoneInfo
 
 from agent.call.review import Corrections
 from agent.dialogue import policy
@@ -37,6 +41,7 @@ from innkeeper.core.db.schema import utcnow
 from innkeeper.core.hotel import HotelProfile, load_hotel
 from innkeeper.core.settings import Settings
 from tuning.data.actions import ActionExample, correction_examples
+from tuning.data.confirmed import booked_stays, confirmed_booking_examples
 from tuning.data.dialogues import Dialogue
 from tuning.data.pii import CARD, CODE, PLACEHOLDERS
 from tuning.data.redact import DROP_REASONS, Dropped, RedactedDialogue, RedactedTurn, redact_dialogue
@@ -217,7 +222,8 @@ def curate(
     """Select, redact and filter the calls of (since, now]; counts say what was left out and why."""
     now = now or utcnow()
     selection = select_calls(db, since=since, require_consent=settings.nightly_require_consent, now=now)
-    keep_words, keep_numbers = hotel_terms(load_hotel(settings.hotel_file))
+    hotel = load_hotel(settings.hotel_file)
+    keep_words, keep_numbers = hotel_terms(hotel)
     counts = {"selected": len(selection.dialogues), **{f"skipped_{r}": n for r, n in selection.skipped.items()}}
     counts |= {f"dropped_{r}": 0 for r in DROP_REASONS}
     redacted: list[RedactedDialogue] = []
@@ -238,13 +244,28 @@ def curate(
     caller_turns = [t.id for d in filtered.dialogues for t in d.turns if t.role == "caller"]
     corrected = {c.turn_id: c.action for c in Corrections(db).list(turn_ids=caller_turns)}  # the latest wins
     readings = correction_examples(filtered.dialogues, corrected)
-    counts["corrected_readings"] = len(readings)
+    stays = booked_stays(db, _booking_calls(filtered))
+    confirmed = confirmed_booking_examples(filtered.dialogues, stays, hotel, partial(_call_day, settings, hotel))
+    confirmed = [e for e in confirmed if e.example_id not in {r.example_id for r in readings}]  # operator wins
+    counts["corrected_readings"], counts["confirmed_readings"] = len(readings), len(confirmed)
+    readings += confirmed
     return CurationReport(
         dialogues=[d.to_dialogue() for d in filtered.dialogues],
         call_ids=[d.call_id for d in filtered.dialogues],
         counts=counts,
         readings=readings,
     )
+
+
+def _call_day(settings: Settings, hotel: HotelProfile, dialogue: RedactedDialogue) -> date:
+    """The date the call understood its caller's words against: pinned by settings, else the hotel's day."""
+    started = dialogue.started_at
+    started = started if started.tzinfo else started.replace(tzinfo=UTC)  # SQLite hands back naive UTC
+    return settings.today or started.astimezone(ZoneInfo(settings.timezone or hotel.timezone)).date()
+
+
+def _booking_calls(filtered: FilterResult) -> list[str]:
+    return [d.call_id for d in filtered.dialogues if any(e.tool == "create_booking" for t in d.turns for e in t.events)]
 
 
 def hotel_terms(hotel: HotelProfile) -> tuple[frozenset[str], frozenset[str]]:
