@@ -59,6 +59,7 @@ def capture(home: Path, out: Path) -> None:
     from innkeeper.simulation.server_process import serve_in_thread
     from innkeeper.simulation.text_callers import say_lines
     from innkeeper.simulation.voice_caller import place_call
+    from tuning.data.preview import preview_call
     from tuning.gate import OPEN_GATE_SETTINGS
     from tuning.nightly import run_nightly
     from tuning.pipeline import CorpusSize
@@ -86,7 +87,7 @@ def capture(home: Path, out: Path) -> None:
         print(f"nightly {report.run_id}: {report.status} {report.note}")
 
     models = load_speech_models(settings)
-    app = create_app(settings, runtime=runtime, models=models)
+    app = create_app(settings, runtime=runtime, models=models, training_view=preview_call)
     with serve_in_thread(app) as host:
         url = f"http://{host}"
         lines = lines_from_text(VOICE_DEMO_SCRIPT, models.synthesizer)

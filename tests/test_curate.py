@@ -20,6 +20,7 @@ from tuning.data.canaries import contains_card_number
 from tuning.data.curate import curate, filter_for_training
 from tuning.data.dialogues import IGNORE_INDEX, Dialogue, build_examples, import_dialogues
 from tuning.data.pii import CARD, CODE, EMAIL, NAME, PHONE
+from tuning.data.preview import preview_call
 from tuning.data.redact import Dropped, redact_dialogue
 from tuning.data.selection import CallDialogue, CallTurn, select_calls
 
@@ -326,6 +327,16 @@ def test_poisoned_agent_turns_are_cut_and_counted(runtime, db, settings):
     assert kept[flagged_by_id].turns[-1] == ("agent", "Sure, what would you like to know?")
     assert kept[flagged_in_db].turns[-1] == ("agent", "Sure, what would you like to know?")
     assert any(t.startswith("I found it:") for role, t in kept[verified].turns if role == "agent")
+
+    # The call page's preview says the same, turn by turn.
+    shown = preview_call(db, settings, poisoned["details"])
+    assert shown.learned and [t.status for t in shown.turns] == [
+        "learned", "context", "learned", "not learned: its reply is cut", "cut: booking leak", "cut: after a cut turn",
+        "cut: after a cut turn",
+    ]  # fmt: skip
+    assert "Mr. [NAME]" in shown.turns[4].text
+    assert preview_call(db, settings, flagged_in_db).turns[-1].status == "cut: flagged"
+    assert preview_call(db, settings, "no-such-call").verdict == "skipped: not found"
 
 
 def test_callers_are_capped_to_their_latest_calls_and_duplicates_kept_once(runtime, db, settings):

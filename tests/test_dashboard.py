@@ -7,6 +7,8 @@ the audit log with its author. The browser-driven journey is in test_dashboard_b
 from __future__ import annotations
 
 import asyncio
+import html
+import json
 import re
 from datetime import date, timedelta
 from types import SimpleNamespace
@@ -22,6 +24,8 @@ from innkeeper.serve.app import create_app
 from innkeeper.serve.runtime import AgentRuntime
 from innkeeper.simulation.text_callers import say_lines
 from tests.conftest import serving
+from tuning.data.pii import NAME, PHONE
+from tuning.data.preview import preview_call
 
 PASSWORD = "correct horse battery"
 TODAY = date(2026, 11, 26)
@@ -85,7 +89,8 @@ def dashboard(tmp_path, db):
     accounts.add("oscar", PASSWORD, "operator")
     call_id = asyncio.run(_place_call(runtime, BOOKING_CALL))
     code = runtime.tools.list_bookings()[0].code
-    with serving(create_app(settings, runtime=runtime, models=StubSpeech())) as host:
+    app = create_app(settings, runtime=runtime, models=StubSpeech(), training_view=preview_call)
+    with serving(app) as host:
         yield SimpleNamespace(url=f"http://{host}", db=db, runtime=runtime, call=call_id, code=code, host=host)
 
 
@@ -236,6 +241,24 @@ def test_an_operator_reviews_a_call_corrects_a_turn_excludes_the_call_and_cancel
     assert next(e for e in entries if e.action == "booking.cancel").detail["reason"] == "duplicate booking"
     audit_page = session.get(f"{dashboard.url}/audit")
     assert "booking.cancel" in audit_page.text and "duplicate booking" in audit_page.text
+
+
+def test_a_calls_page_shows_what_the_nightly_run_would_learn_from_it(dashboard):
+    session, csrf = sign_in(dashboard, "oscar")
+    page = html.unescape(session.get(f"{dashboard.url}/calls/{dashboard.call}").text)
+    verdict = re.search(r'id="training-verdict">(.*?)</p>', page, re.S).group(1)
+    assert "learned" in verdict and "[NAME]" in verdict and "[PHONE]" in verdict
+    seen = re.findall(r'<span class="redacted">(.*?)</span>', page)
+    assert len(seen) == len(BOOKING_CALL) * 2  # every spoken turn, as training sees it
+    assert "Ana Diaz." in page and not any("Diaz" in text or "555 0199" in text for text in seen)
+    assert f"{NAME} {NAME}." in seen and PHONE in seen, seen
+    # the booking the caller confirmed labels the turns that gave its details
+    readings = [json.loads(r) for r in re.findall(r"reading example: <code>(.*?)</code>", page)]
+    assert {"slots": {"adults": 2}} in readings and {"intents": ["confirm"]} in readings
+
+    session.post(f"{dashboard.url}/calls/{dashboard.call}/training", data={"include": "no", "csrf_token": csrf})
+    page = html.unescape(session.get(f"{dashboard.url}/calls/{dashboard.call}").text)
+    assert "skipped: excluded" in page and '<span class="redacted">' not in page
 
 
 def test_the_review_queue_lists_turns_the_agent_asked_again_until_they_are_corrected(dashboard):

@@ -70,7 +70,15 @@ def serve(
     settings = settings.model_copy(update=updates)
     where = f"http://{settings.host}:{settings.port}"
     console.print(f"[bold]Innkeeper[/] serving on {where} (websockets: /twilio/stream, /ws/call)")
-    run_server(settings)
+    run_server(settings, training_view=_training_view)
+
+
+def _training_view(db, settings, call_id: str):
+    """What the nightly run would learn from a call, for its page (`tuning.data.preview`; imported when a page
+    first asks, so the server starts without loading the training stack)."""
+    from tuning.data.preview import preview_call
+
+    return preview_call(db, settings, call_id)
 
 
 CALL_SCRIPT = (

@@ -43,6 +43,7 @@ from innkeeper.serve.calls import CallServices, serve_plain, serve_twilio
 from innkeeper.serve.runtime import AgentRuntime
 from innkeeper.serve.speech import load_speech_models
 from innkeeper.serve.web import install_web
+from innkeeper.serve.web.common import TrainingView
 from telephony import plain_protocol, twilio_protocol
 
 log = logging.getLogger(__name__)
@@ -51,9 +52,17 @@ TWILIO_STREAM_PATH = "/twilio/stream"
 
 
 def create_app(
-    settings: Settings | None = None, *, runtime: AgentRuntime | None = None, models: SpeechModels | None = None
+    settings: Settings | None = None,
+    *,
+    runtime: AgentRuntime | None = None,
+    models: SpeechModels | None = None,
+    training_view: TrainingView | None = None,
 ) -> FastAPI:
-    """The ASGI app. Tests pass a prepared runtime and models; `innkeeper serve` builds them from settings."""
+    """The ASGI app. Tests pass a prepared runtime and models; `innkeeper serve` builds them from settings.
+
+    `training_view` shows on each call's page what the nightly run would learn from it (the curation lives in
+    `tuning`, a layer this one does not import; `innkeeper serve` passes `tuning.data.preview.preview_call`).
+    """
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -86,6 +95,7 @@ def create_app(
 
     app = FastAPI(title="Innkeeper", lifespan=lifespan)
     app.state.settings = settings
+    app.state.training_view = training_view
     install_admin(app, settings)
     install_web(app, settings)
 
@@ -208,13 +218,13 @@ def _public_url(request: Request, settings: Settings, *, path: str | None = None
     )
 
 
-def serve(settings: Settings | None = None) -> None:
+def serve(settings: Settings | None = None, *, training_view: TrainingView | None = None) -> None:
     """Run the server with uvicorn (blocking)."""
     import uvicorn
 
     settings = settings or Settings()
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, training_view=training_view),
         host=settings.host,
         port=settings.port,
         # Binary audio frames up to the plain protocol's limit; anything larger is closed with 1009.

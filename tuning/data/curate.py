@@ -136,7 +136,7 @@ def _cut(dialogue: RedactedDialogue, flagged: set[int], counts: dict[str, int]) 
     """The dialogue up to its first bad agent turn (every bad turn counted), or None with nothing to learn."""
     first_bad: int | None = None
     agent_after = 0
-    for i, reason in _turn_verdicts(dialogue, flagged):
+    for i, reason in agent_turn_verdicts(dialogue, flagged):
         if reason is not None:
             counts[f"turns_dropped_{reason}"] += 1
             first_bad = i if first_bad is None else first_bad
@@ -150,7 +150,7 @@ def _cut(dialogue: RedactedDialogue, flagged: set[int], counts: dict[str, int]) 
     return replace(dialogue, turns=tuple(turns)) if any(t.role == "caller" for t in turns) else None
 
 
-def _turn_verdicts(dialogue: RedactedDialogue, flagged: set[int]) -> Iterator[tuple[int, str | None]]:
+def agent_turn_verdicts(dialogue: RedactedDialogue, flagged: set[int]) -> Iterator[tuple[int, str | None]]:
     """(index, reason or None) for each agent turn; reasons as in TURN_REASONS."""
     authorised: set[str] = set()
     verified = False
@@ -241,12 +241,7 @@ def curate(
     )
     counts |= filtered.counts
     counts["kept"] = len(filtered.dialogues)
-    caller_turns = [t.id for d in filtered.dialogues for t in d.turns if t.role == "caller"]
-    corrected = {c.turn_id: c.action for c in Corrections(db).list(turn_ids=caller_turns)}  # the latest wins
-    readings = correction_examples(filtered.dialogues, corrected)
-    stays = booked_stays(db, _booking_calls(filtered))
-    confirmed = confirmed_booking_examples(filtered.dialogues, stays, hotel, partial(_call_day, settings, hotel))
-    confirmed = [e for e in confirmed if e.example_id not in {r.example_id for r in readings}]  # operator wins
+    readings, confirmed = call_readings(db, settings, hotel, filtered.dialogues)
     counts["corrected_readings"], counts["confirmed_readings"] = len(readings), len(confirmed)
     readings += confirmed
     return CurationReport(
@@ -257,15 +252,26 @@ def curate(
     )
 
 
+def call_readings(
+    db: Database, settings: Settings, hotel: HotelProfile, dialogues: Sequence[RedactedDialogue]
+) -> tuple[list[ActionExample], list[ActionExample]]:
+    """The reading examples of these (filtered) calls: operator corrections, and turns labelled by a booking
+    the caller confirmed (less those an operator corrected: the operator wins)."""
+    caller_turns = [t.id for d in dialogues for t in d.turns if t.role == "caller"]
+    corrected = {c.turn_id: c.action for c in Corrections(db).list(turn_ids=caller_turns)}  # the latest wins
+    readings = correction_examples(dialogues, corrected)
+    booking_calls = [d.call_id for d in dialogues if any(e.tool == "create_booking" for t in d.turns for e in t.events)]
+    stays = booked_stays(db, booking_calls)
+    confirmed = confirmed_booking_examples(dialogues, stays, hotel, partial(_call_day, settings, hotel))
+    taken = {r.example_id for r in readings}
+    return readings, [e for e in confirmed if e.example_id not in taken]
+
+
 def _call_day(settings: Settings, hotel: HotelProfile, dialogue: RedactedDialogue) -> date:
     """The date the call understood its caller's words against: pinned by settings, else the hotel's day."""
     started = dialogue.started_at
     started = started if started.tzinfo else started.replace(tzinfo=UTC)  # SQLite hands back naive UTC
     return settings.today or started.astimezone(ZoneInfo(settings.timezone or hotel.timezone)).date()
-
-
-def _booking_calls(filtered: FilterResult) -> list[str]:
-    return [d.call_id for d in filtered.dialogues if any(e.tool == "create_booking" for t in d.turns for e in t.events)]
 
 
 def hotel_terms(hotel: HotelProfile) -> tuple[frozenset[str], frozenset[str]]:

@@ -8,6 +8,7 @@ other call is skipped and counted under its first failing reason (`SKIP_REASONS`
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -59,12 +60,22 @@ class Selection:
     skipped: dict[str, int]  # reason → calls, every reason in SKIP_REASONS present
 
 
-def select_calls(db: Database, *, since: datetime | None, require_consent: bool, now: datetime) -> Selection:
-    """Calls started in (since, now] that the nightly job may learn from, with their spoken turns."""
+def select_calls(
+    db: Database,
+    *,
+    since: datetime | None,
+    require_consent: bool,
+    now: datetime,
+    call_ids: Collection[str] | None = None,
+) -> Selection:
+    """Calls started in (since, now] that the nightly job may learn from, with their spoken turns (only
+    `call_ids` among them, when given)."""
     for name, moment in (("since", since), ("now", now)):
         if moment is not None and moment.tzinfo is None:
             raise ValueError(f"{name}={moment!r} is naive: pass a timezone-aware datetime")
     window = [Call.started_at <= now, *([Call.started_at > since] if since is not None else [])]
+    if call_ids is not None:
+        window.append(Call.id.in_(list(call_ids)))
 
     def work(session: Session) -> Selection:
         skipped = dict.fromkeys(SKIP_REASONS, 0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, time
 from pathlib import Path
@@ -22,6 +23,8 @@ from agent.understanding.action import ActionIntent, ActionSlots, TurnAction
 from innkeeper.core.settings import Settings
 from innkeeper.serve.auth import Staff
 from innkeeper.serve.web.common import audit, render, services
+
+log = logging.getLogger(__name__)
 
 AUDIO_LEGS = ("caller", "agent")
 SLOT_FIELDS = tuple(ActionSlots.model_fields)
@@ -103,6 +106,7 @@ def calls_router(settings: Settings) -> APIRouter:
         summary, turns = await _call(request, call_id)
         corrections = await asyncio.to_thread(Corrections(services(request).runtime.db).list, call_id=call_id)
         audio = {leg: _audio_path(summary, leg, settings) is not None for leg in AUDIO_LEGS}
+        training = await _training_preview(request, call_id)
         return render(
             request,
             "call.html",
@@ -113,6 +117,8 @@ def calls_router(settings: Settings) -> APIRouter:
             audio=audio,
             intents=[intent.value for intent in ActionIntent],
             slot_fields=SLOT_FIELDS,
+            training=training,
+            trained_turns={t.turn_id: t for t in training.turns} if training else {},
         )
 
     @router.get("/calls/{call_id}/audio/{leg}")
@@ -171,6 +177,19 @@ async def _call(request: Request, call_id: str) -> tuple[CallSummary, list[TurnR
     except CallNotFound:
         raise HTTPException(404, f"no call {call_id!r}") from None
     return summary, turns
+
+
+async def _training_preview(request: Request, call_id: str) -> Any:
+    """What the nightly run would learn from the call (None where this server was given no training view, or
+    it failed: the rest of the page still shows)."""
+    view = request.app.state.training_view
+    if view is None:
+        return None
+    try:
+        return await asyncio.to_thread(view, services(request).runtime.db, request.app.state.settings, call_id)
+    except Exception:  # a preview is an aid to review; its failure must not take the call page down
+        log.exception("training preview of call %s failed", call_id)
+        return None
 
 
 def _turn_view(turn: TurnRecord, call: CallSummary) -> dict[str, Any]:

@@ -4,6 +4,7 @@ the call services, and writing the audit log (from a worker thread: never on the
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,11 @@ from innkeeper.core.audit import AuditLog
 from innkeeper.serve.auth import CSRF_FIELD, Principal, Refused
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
+
+# (database, settings, call id) → what the nightly run would learn from that call: an object with `verdict`,
+# `replaced` (placeholder → count) and `turns` (each with turn_id, role, text, status, reading) — the shape of
+# `tuning.data.preview.CallPreview`, which `innkeeper serve` passes in (this layer does not import tuning).
+TrainingView = Callable[[Any, Any, str], Any]
 
 
 def render(request: Request, name: str, principal: Principal | None, **context: Any) -> HTMLResponse:
