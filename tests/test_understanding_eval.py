@@ -177,6 +177,34 @@ def test_a_model_directory_reads_each_turn_with_the_rules_second(tmp_path, tiny_
     assert len(lines) == 3 and set(lines[-1]["state"]) == set(und.TRACKED)
 
 
+def test_the_table_compares_the_rules_with_the_model_first_and_second_from_one_reading_per_turn(tmp_path, monkeypatch):
+    from agent.understanding.action import ActionSlots, TurnAction
+    from innkeeper.cli import evaluate
+
+    read = []
+
+    def reader_of(settings, model):  # a reader that says the party is nine, and counts how often it is asked
+        def reader(agent_text, caller_text):
+            read.append(caller_text)
+            return TurnAction(slots=ActionSlots(adults=9))
+
+        return reader
+
+    monkeypatch.setattr(evaluate, "_model_reader", reader_of)
+    dialogue = {**SGD_DIALOGUE, "turns": [dict(t) for t in SGD_DIALOGUE["turns"]]}
+    dialogue["turns"][2]["utterance"] = "We are three, not nine, arriving next Tuesday."  # the model's 9 is said
+    files, scores = [_write(tmp_path / "sgd.jsonl", dialogue)], tmp_path / "scores.json"
+    args = ["eval", "understanding", *map(str, files), "--today", FRIDAY, "--scores", str(scores)]
+    result = CliRunner().invoke(app, [*args, "--model", str(tmp_path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert len(read) == 3  # three caller turns, each read once for all three columns
+    columns = json.loads(scores.read_text())["scores"]
+    assert list(columns) == ["rules", "model first", "rules first"]
+    adults = {name: column["number_of_adults"]["accuracy"] for name, column in columns.items()}
+    assert adults["rules"] == adults["rules first"] == 1.0 and adults["model first"] < 1.0, columns
+    assert all(len(line) <= 80 for line in result.output.splitlines())
+
+
 def test_the_models_reading_comes_first_where_it_validates_and_disagreements_are_noted():
     from agent.understanding.action import ActionSlots, TurnAction
 

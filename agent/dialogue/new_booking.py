@@ -372,7 +372,7 @@ def _said_count(value: int | None, text: str, one: re.Pattern[str]) -> int | Non
     me"): a reader must not invent a length of stay or a party size the turn does not carry."""
     if value is None:
         return None
-    said = {phrase.value for phrase in number_phrases(text)}
+    said = {phrase.value for phrase in number_phrases(text) if not phrase.ordinal}  # "the 9th" is a date
     if (value == 1 and one.search(text)) or (value == 2 and _TWO.search(text)):
         said.add(value)
     return value if value in said else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from pathlib import Path
 from typing import Annotated
@@ -24,6 +25,9 @@ def eval_understanding(
         typer.Option(help="rules; base (the configured model reads each turn, the rules second); or a model directory"),
     ] = "rules",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write one JSON line per caller turn here.")] = None,
+    scores_out: Annotated[
+        Path | None, typer.Option("--scores", help="Write each column's per-slot scores here (JSON).")
+    ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N dialogues (a model reads slowly).")] = None,
     trust: Annotated[
         str, typer.Option(help="With a model: whose value wins where both found one, 'model' or 'rules'.")
@@ -47,22 +51,47 @@ def eval_understanding(
     if trust not in ("model", "rules"):
         err_console.print(f"[red]--trust is 'model' or 'rules', not {trust!r}")
         raise typer.Exit(2)
-    tracker_for = _tracker_factory(hotel, None if model == "rules" else _model_reader(settings, model), trust)
-    scores = und.Scores()
+    reader = None if model == "rules" else _remembering(_model_reader(settings, model))
+    # One reading per turn serves every column: the rules alone, the model first, the rules first.
+    runs = {"rules": _tracker_factory(hotel, None)}
+    if reader is not None:
+        runs |= {f"{trust} first": _tracker_factory(hotel, reader, trust)}
+        other = "rules" if trust == "model" else "model"
+        runs |= {f"{other} first": _tracker_factory(hotel, reader, other)}
+    shown = list(runs)[1] if reader is not None else "rules"  # what --json writes
+    scores = {name: und.Scores() for name in runs}
     out = json_out.open("w", encoding="utf-8") if json_out else None
     try:
         with Progress(console=err_console, transient=True) as progress:
-            task = progress.add_task("dialogues", total=len(dialogues))
-            for dialogue, user_turn, prediction in und.predict(
-                dialogues, tracker_for, pinned, progress=lambda: progress.advance(task)
-            ):
-                scores.add(dialogue, user_turn, prediction)
-                if out:
-                    out.write(prediction.as_json() + "\n")
+            for name, tracker_for in sorted(runs.items(), key=lambda run: run[0] != shown):
+                task = progress.add_task(name, total=len(dialogues))
+                for dialogue, user_turn, prediction in und.predict(
+                    dialogues, tracker_for, pinned, progress=lambda task=task: progress.advance(task)
+                ):
+                    scores[name].add(dialogue, user_turn, prediction)
+                    if out and name == shown:
+                        out.write(prediction.as_json() + "\n")
     finally:
         if out:
             out.close()
     console.print(_table(model, scores, len(dialogues)))
+    if scores_out:
+        record = {"files": [str(f) for f in files], "model": model, "dialogues": len(dialogues), "today": today}
+        record["scores"] = {name: score.as_dict() for name, score in scores.items()}
+        scores_out.write_text(json.dumps(record, indent=2))
+
+
+def _remembering(read):
+    """The reader with each (agent words, caller words) read once: the columns share one model pass."""
+    readings: dict = {}
+
+    def remembered(agent_text, caller_text):
+        key = (agent_text, caller_text)
+        if key not in readings:
+            readings[key] = read(agent_text, caller_text)
+        return readings[key]
+
+    return remembered
 
 
 def _tracker_factory(hotel, reader, trust: str = "model"):
@@ -80,9 +109,13 @@ def _model_reader(settings, model: str):
     return ModelReader(chat).read
 
 
-def _table(model: str, scores, dialogues: int) -> Table:
-    table = Table("slot", f"{model}: right / scored", "accuracy", title=f"{dialogues} dialogues, {scores.turns} turns")
-    for slot, score in scores.slots.items():
-        if score.scored:
-            table.add_row(slot, f"{score.right} / {score.scored}", f"{score.accuracy:.1%}")
+def _table(model: str, scores: dict, dialogues: int) -> Table:
+    """Slots by rows, one column per understanding (right / scored and accuracy), fitting 80 columns."""
+    any_scores = next(iter(scores.values()))
+    title = f"{model}: {dialogues} dialogues, {any_scores.turns} turns"
+    table = Table("slot", *scores, title=title)
+    for slot in any_scores.slots:
+        cells = [scores[name].slots[slot] for name in scores]
+        if any(cell.scored for cell in cells):
+            table.add_row(slot, *(f"{c.right}/{c.scored} {c.accuracy:.1%}" for c in cells))
     return table
