@@ -123,6 +123,8 @@ class Conversation:
         self.history: list[dict[str, str]] = []
         self.last_turn: TurnOutcome | None = None
         self._unsaved: list[UnsavedTurn] = []
+        self._writing: asyncio.Task[None] | None = None  # the caller turn's write, while it runs
+        self._write_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._open_reply: tuple[TurnOutcome, datetime, str] | None = None
         self._unheard: list[str] = []  # sentences of the last reply a barge-in kept from the caller
         self._closed = False
@@ -189,7 +191,11 @@ class Conversation:
             masked, plan = await self._decide(user_text)
             plan = self._resume_if_unplaced(plan)
             decided_ms = _ms_since(t0)
-            await self._save(UnsavedTurn("caller", masked, started, _now(), latencies=heard))
+            # The caller's turn is written while the reply is worded and spoken: a slow or locked database
+            # must not hold the first words back. Writes keep their order (one at a time, `_flush`), and the
+            # reply's own write waits for this one, so the log never shows a reply before its question.
+            self._unsaved.append(UnsavedTurn("caller", masked, started, _now(), latencies=heard))
+            self._writing = asyncio.create_task(self._flush(), name="log-caller-turn")
             record = TurnOutcome(
                 caller_text=masked,
                 reply_text="",
@@ -356,7 +362,18 @@ class Conversation:
         await self._flush()
 
     async def _flush(self) -> None:
-        """Write unsaved turns in order; on a database error keep them for the next attempt."""
+        """Write unsaved turns in order, one writer at a time; on a database error keep them for the next attempt."""
+        async with self._writer_lock():
+            await self._write_unsaved()
+
+    def _writer_lock(self) -> asyncio.Lock:
+        """The lock that keeps this call's writes in order (one per event loop: scripts run a loop per turn)."""
+        loop = asyncio.get_running_loop()
+        if self._write_lock is None or self._write_lock[0] is not loop:
+            self._write_lock = (loop, asyncio.Lock())
+        return self._write_lock[1]
+
+    async def _write_unsaved(self) -> None:
         if self.call_id is None:
             try:
                 await self.start()
