@@ -193,8 +193,18 @@ def test_the_table_compares_the_rules_with_the_model_first_and_second_from_one_r
     monkeypatch.setattr(evaluate, "_model_reader", reader_of)
     dialogue = {**SGD_DIALOGUE, "turns": [dict(t) for t in SGD_DIALOGUE["turns"]]}
     dialogue["turns"][2]["utterance"] = "We are three, not nine, arriving next Tuesday."  # the model's 9 is said
-    files, scores = [_write(tmp_path / "sgd.jsonl", dialogue)], tmp_path / "scores.json"
-    args = ["eval", "understanding", *map(str, files), "--today", FRIDAY, "--scores", str(scores)]
+    files, scores, errors = [_write(tmp_path / "sgd.jsonl", dialogue)], tmp_path / "scores.json", tmp_path / "e.jsonl"
+    args = [
+        "eval",
+        "understanding",
+        *map(str, files),
+        "--today",
+        FRIDAY,
+        "--scores",
+        str(scores),
+        "--errors",
+        str(errors),
+    ]
     result = CliRunner().invoke(app, [*args, "--model", str(tmp_path)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert len(read) == 3  # three caller turns, each read once for all three columns
@@ -203,6 +213,15 @@ def test_the_table_compares_the_rules_with_the_model_first_and_second_from_one_r
     adults = {name: column["number_of_adults"]["accuracy"] for name, column in columns.items()}
     assert adults["rules"] == adults["rules first"] == 1.0 and adults["model first"] < 1.0, columns
     assert all(len(line) <= 80 for line in result.output.splitlines())
+    # the turns some column got wrong, with the words and every column's state: here the model's 9 guests
+    wrong = [json.loads(line) for line in errors.read_text().splitlines()]
+    assert [row["turn"] for row in wrong] == [2, 4] and wrong[0]["caller"].startswith("We are three, not nine")
+    assert wrong[0]["gold"]["number_of_adults"] == ["3"]
+    assert wrong[0]["columns"]["model first"] == {
+        "state": {"check_in_date": "2019-03-05", "check_out_date": None, "number_of_days": None, "number_of_adults": 9},
+        "wrong": ["number_of_adults"],
+    }
+    assert wrong[0]["columns"]["rules"]["wrong"] == []
 
 
 def test_the_models_reading_comes_first_where_it_validates_and_disagreements_are_noted():

@@ -28,6 +28,14 @@ def eval_understanding(
     scores_out: Annotated[
         Path | None, typer.Option("--scores", help="Write each column's per-slot scores here (JSON).")
     ] = None,
+    errors_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--errors",
+            help="Write each caller turn some column got wrong here (JSON lines): the words, "
+            "the annotation, every column's state and wrong slots.",
+        ),
+    ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N dialogues (a model reads slowly).")] = None,
     trust: Annotated[
         str, typer.Option(help="With a model: whose value wins where both found one, 'model' or 'rules'.")
@@ -60,6 +68,7 @@ def eval_understanding(
         runs |= {f"{other} first": _tracker_factory(hotel, reader, other)}
     shown = list(runs)[1] if reader is not None else "rules"  # what --json writes
     scores = {name: und.Scores() for name in runs}
+    per_turn: dict[tuple[str, int], dict] = {}
     out = json_out.open("w", encoding="utf-8") if json_out else None
     try:
         with Progress(console=err_console, transient=True) as progress:
@@ -69,16 +78,30 @@ def eval_understanding(
                     dialogues, tracker_for, pinned, progress=lambda task=task: progress.advance(task)
                 ):
                     scores[name].add(dialogue, user_turn, prediction)
+                    if errors_out:
+                        row = per_turn.setdefault((dialogue.dialogue_id, user_turn.turn), _turn_row(user_turn))
+                        wrong = [slot for slot, right in und.judge(user_turn, prediction).items() if not right]
+                        row["columns"][name] = {"state": prediction.state, "wrong": wrong}
                     if out and name == shown:
                         out.write(prediction.as_json() + "\n")
     finally:
         if out:
             out.close()
     console.print(_table(model, scores, len(dialogues)))
+    if errors_out:
+        with errors_out.open("w", encoding="utf-8") as out_errors:
+            for (dialogue_id, turn), row in per_turn.items():
+                if any(column["wrong"] for column in row["columns"].values()):
+                    out_errors.write(json.dumps({"dialogue_id": dialogue_id, "turn": turn, **row}) + "\n")
     if scores_out:
         record = {"files": [str(f) for f in files], "model": model, "dialogues": len(dialogues), "today": today}
         record["scores"] = {name: score.as_dict() for name, score in scores.items()}
         scores_out.write_text(json.dumps(record, indent=2))
+
+
+def _turn_row(user_turn) -> dict:
+    gold = {slot: sorted(map(str, values)) for slot, values in user_turn.gold.items()}
+    return {"agent": user_turn.agent_text, "caller": user_turn.text, "gold": gold, "columns": {}}
 
 
 def _remembering(read):

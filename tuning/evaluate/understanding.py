@@ -203,14 +203,12 @@ class Scores:
     def add(self, dialogue: Dialogue, user_turn: UserTurn, prediction: Prediction) -> None:
         self.turns += 1
         predicted = _comparable(prediction.state)
-        all_right = True
-        for slot, gold in user_turn.gold.items():
-            key = "check_in_date" if slot == "check_in_weekday" else slot
-            score = self.slots[key]
+        verdicts = judge(user_turn, prediction)
+        for slot, right in verdicts.items():
+            score = self.slots["check_in_date" if slot == "check_in_weekday" else slot]
             score.scored += 1
-            right = predicted.get(slot) in gold
             score.right += right
-            all_right &= right
+        all_right = all(verdicts.values())
         if dialogue.source == "multiwoz":
             # joint: every booking slot right, including the ones not yet said (both empty)
             said = {name for name in MULTIWOZ_SLOTS.values() if name in user_turn.gold}
@@ -220,6 +218,12 @@ class Scores:
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
         return {k: {"right": s.right, "scored": s.scored, "accuracy": s.accuracy} for k, s in self.slots.items()}
+
+
+def judge(user_turn: UserTurn, prediction: Prediction) -> dict[str, bool]:
+    """Whether each slot the annotation holds after this turn was predicted right."""
+    predicted = _comparable(prediction.state)
+    return {slot: predicted.get(slot) in gold for slot, gold in user_turn.gold.items()}
 
 
 def _comparable(state: State) -> State:
