@@ -11,6 +11,7 @@ import base64
 import dataclasses
 import json
 import re
+import threading
 import time
 import wave
 from collections.abc import Iterator
@@ -362,6 +363,28 @@ def test_a_turn_still_being_recognised_at_hang_up_is_logged(tmp_path, speech_mod
     assert len(said) == 1 and re.search(r"\be-?mail\b", said[0]["text"].lower()), record["turns"]
     assert said[0]["latencies"] == {"cut_by_hangup": 1.0}
     assert record["call"]["end_reason"] == "hangup"
+
+
+def test_the_model_starts_reading_a_turn_at_the_callers_first_pause(tmp_path, speech_models, synthesizer, monkeypatch):
+    # With the model reading turns, its reading starts on the speculative transcript of the first pause — in
+    # its own thread, before the silence ends the turn — and the dialogue takes that reading: one per turn.
+    readings: list[tuple[str, str, float]] = []
+
+    def reader(self, agent_text, caller_text):
+        readings.append((threading.current_thread().name, caller_text, time.monotonic()))
+        return None  # the rules read the turn
+
+    monkeypatch.setattr(AgentRuntime, "_read_with_serving_model", reader)
+    settings = Settings(home=tmp_path, today="2026-11-26", llm_model="none", model_understanding=True)
+    runtime = AgentRuntime.from_settings(settings, use_llm=False)
+    app = create_app(settings, runtime=runtime, models=speech_models)
+    lines = lines_from_text(["Do you have parking?", "Thanks, that's all."], synthesizer)
+    with serving(app) as host:
+        report = asyncio.run(place_call(f"ws://{host}/ws/call", lines, protocol="plain"))
+    assert all(turn.answered for turn in report.turns), report.turns
+    assert len(readings) == len(lines), readings  # each turn read once: the early reading was taken
+    assert all(thread.startswith("read-ahead") for thread, _, _ in readings), readings
+    assert "parking" in readings[0][1].lower()
 
 
 def test_bad_input_on_a_live_server_leaves_other_calls_unaffected(live_server, synthesizer):

@@ -278,6 +278,7 @@ class Conversation:
         if self._closed or (self.call_id is None and not self._unsaved):
             return
         self._closed = True
+        self.dialogue.close()
         await self._flush()
         ended = False
         if self.call_id is not None:
@@ -309,6 +310,13 @@ class Conversation:
         if not unheard or plan.act not in _RESUMABLE_ACTS or plan.tool_calls:
             return plan
         return ReplyPlan("resume", [_RESUME_LEAD, *unheard])
+
+    def anticipate(self, user_text: str) -> None:
+        """The caller paused on these words: the model may start reading them (voice calls, `ReadAhead`)."""
+        clean = clean_utterance(user_text)
+        masked, cards, card_like = mask_turn(clean.text)
+        if clean.problem is None and not (cards or card_like):
+            self.dialogue.anticipate(masked)
 
     async def _decide(self, user_text: str | bytes) -> tuple[str, ReplyPlan]:
         clean = clean_utterance(user_text)

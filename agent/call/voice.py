@@ -64,7 +64,7 @@ class TurnStage(NamedTuple):
 # `VoiceCall` defines the methods in this order (checked on import): the class reads as the turn runs.
 TURN_STAGES: tuple[TurnStage, ...] = (
     TurnStage("hear", "hear", "event loop", "caller audio in (16 kHz): recorded, then pushed through the VAD"),
-    TurnStage("endpoint", "_on_vad_event", "event loop", "Silero VAD: speech start, pause (ASR starts early), end"),
+    TurnStage("endpoint", "_on_vad_event", "event loop", "Silero VAD: start, pause (ASR and reading start early), end"),
     TurnStage("transcribe", "_finish_utterance", "worker thread", "the text started on the pause, or ASR at the end"),
     TurnStage("respond", "_answer", "worker thread", "Conversation.respond: the reply, sentence by sentence"),
     TurnStage("split", "_collect", "event loop", "each sentence cut into clauses (speakable_pieces): early audio"),
@@ -203,7 +203,7 @@ class VoiceCall:
         if event.kind is EventKind.SPEECH_START:
             self._utterance = _Utterance(started_at=now, overlap=self._agent_busy())
         elif event.kind is EventKind.EARLY_END and self._utterance is not None:
-            self._utterance.early = self._spawn(self._transcribe(event.audio))
+            self._utterance.early = self._spawn(self._transcribe_ahead(event.audio))
         elif event.kind is EventKind.RESUMED and self._utterance is not None:
             self._discard(self._utterance.early)
             self._utterance.early = None
@@ -244,6 +244,14 @@ class VoiceCall:
             await self._log_last_words(transcript.text)
             return
         self._reply = self._spawn(self._answer(transcript.text, speech_end, timings))
+
+    async def _transcribe_ahead(self, audio: npt.NDArray[np.float32]) -> Transcript:
+        """Speculative recognition at the caller's first pause; the model (where it reads turns) starts reading
+        these words at once, so its reading is ready, or nearly, when the silence ends the turn."""
+        transcript = await self._transcribe(audio)
+        if transcript.text and not self._agent_busy():
+            self.conversation.anticipate(transcript.text)
+        return transcript
 
     async def _log_last_words(self, text: str) -> None:
         """Caller words the hang-up left without a reply: a turn of the call all the same."""

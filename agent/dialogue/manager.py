@@ -22,6 +22,7 @@ from datetime import date
 from agent.dialogue import policy
 from agent.dialogue.existing_booking import ExistingBookingFlow
 from agent.dialogue.new_booking import NewBookingFlow
+from agent.dialogue.read_ahead import ReadAhead, Reader
 from agent.dialogue.spoken import say_money, spell
 from agent.dialogue.state import DialogueState, ReplyPlan, Stage
 from agent.dialogue.tools import HotelTools
@@ -31,7 +32,6 @@ from agent.understanding.intents import TOPIC_WORDS, Intent, TurnMeaning, read_t
 from innkeeper.core.hotel import HotelProfile
 
 log = logging.getLogger(__name__)
-Reader = Callable[[str | None, str], TurnAction | None]
 
 # What the agent says when the hotel's facts do not answer a question: never an invented fact.
 NO_INFORMATION = "I'm sorry, I don't have that information; the front desk can help with that."
@@ -56,12 +56,21 @@ class DialogueManager:
         trust: str = "model",
     ):
         self.state = DialogueState(tools=tools, hotel=hotel, today=today, call_id=call_id, trust=trust)
-        # The model's reading of a turn (agent.reply.understand), first where it validates; None: rules only.
         self.reader = reader
         self.new_booking = NewBookingFlow(self.state)
         self.existing_booking = ExistingBookingFlow(self.state)
         self._last_reply = ""
         self._repeats = 0  # how many times in a row the same reply was planned
+
+    @property
+    def reader(self) -> ReadAhead | None:
+        """The model's reading of a turn (agent.reply.understand), first where it validates; None: rules only.
+        Voice calls start it at the caller's first pause (`anticipate`), before the turn has ended."""
+        return self._reader
+
+    @reader.setter
+    def reader(self, read: Reader | None) -> None:
+        self._reader = ReadAhead(read) if read is not None else None
 
     # The call's settings live in the shared state, where the flows read them; these keep the manager's face.
     @property
@@ -85,6 +94,15 @@ class DialogueManager:
         self.state.call_id = call_id  # known only once the call log has the call
 
     # ------------------------------------------------------------------ entry point
+    def anticipate(self, text: str) -> None:
+        """These are probably the caller's words (the turn has paused, not ended): start the model reading them."""
+        if self.reader is not None:
+            self.reader.prefetch(self._last_reply or None, text)
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+
     def handle(self, text: str) -> ReplyPlan:
         """Decide the reply to one caller turn (already cleaned and card-masked by the caller)."""
         self.state.begin_turn()

@@ -8,17 +8,14 @@ nights?" is three nights here as it is on a call.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import date
 from typing import Any
 
 from agent.dialogue.new_booking import NewBookingFlow
+from agent.dialogue.read_ahead import Reader
 from agent.dialogue.state import DialogueState
-from agent.understanding.action import TurnAction
 from agent.understanding.intents import asked_slot, read_turn
 from innkeeper.core.hotel import HotelProfile
-
-Reader = Callable[[str | None, str], TurnAction | None]
 
 
 class StayTracker:
