@@ -20,6 +20,11 @@ CASES = [
     # (today, what the caller said, check_in, check_out, nights)
     (THU_NOV_26, "I'll be arriving on Dec. 7 for four nights", d(12, 7), d(12, 11), 4),
     (THU_NOV_26, "next Friday", d(12, 4), None, None),
+    # a correction names the old length first and the new one last; a number said then repeated; "make it"
+    (THU_NOV_26, "Two days won't do, let's have it be 5 days instead", None, None, 5),
+    (THU_NOV_26, "we need it three 3 days from the 9th", d(12, 9), d(12, 12), 3),
+    (THU_NOV_26, "Please make it 6 days.", None, None, 6),
+    (THU_NOV_26, "is it 150 a night?", None, None, None),
     (THU_NOV_26, "this Friday", d(11, 27), None, None),
     (THU_NOV_26, "Thursday", d(11, 26), None, None),
     (THU_NOV_26, "tomorrow", d(11, 27), None, None),

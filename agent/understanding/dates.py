@@ -107,21 +107,29 @@ def parse_stay(text: str, today: date) -> StayDates:
     return StayDates(check_in, check_out, nights, said_check_out=check_out is not None).resolved()
 
 
+_SAID_TWICE = re.compile(r"\b(\d{1,2}) \1\b(?= (?:more |whole |full )?(?:nights?|days?|weeks?)\b)")
+
+
 def _normalize(text: str) -> str:
     text = words_to_numbers(text.lower().replace("’", "'"))
+    text = _SAID_TWICE.sub(r"\1", text)  # "four 4 days" (a number said, then typed): one number
     text = re.sub(r"\bcheck(?:ing)?[\s-]?(in|out)\b", r"check\1", text)
     text = re.sub(r"(?<=[a-z\d])-(?=[a-z])|(?<=[a-z])-(?=\d)", " ", text)
     return re.sub(r"\s+", " ", text)
 
 
 def _find_nights(norm: str) -> int | None:
-    """Length of stay said outright: "4 nights", "a week", "a night" (but not "$200 a night")."""
-    m = re.search(r"\b(\d+) (?:more )?nights?\b", norm)
-    if m:
-        return int(m[1]) or None
-    m = _DAYS_OF_STAY.search(norm)
-    if m and _previous_word(norm, m.start()) not in _PRICE_WORDS | {"in", "within", "next", "last", "first"}:
-        return int(m[1]) or None
+    """Length of stay said outright: "4 nights", "a week", "a night" (but not "$200 a night"). Where a turn
+    names several, the last one counts: "4 days is too little, I'd rather have 10 days"."""
+    nights = re.findall(r"\b(\d+) (?:more )?nights?\b", norm)
+    if nights:
+        return int(nights[-1]) or None
+    days = [
+        m for m in _DAYS_OF_STAY.finditer(norm)
+        if _previous_word(norm, m.start()) not in _PRICE_WORDS | {"in", "within", "next", "last", "first"}
+    ]  # fmt: skip
+    if days:
+        return int(days[-1][1]) or None
     m = re.search(r"\b(?:(\d+)|a) (?:more )?weeks?\b(?! from| ago)", norm)
     if m and _previous_word(norm, m.start()) not in _PRICE_WORDS | {"in", "next", "this", "last"}:
         return 7 * int(m[1] or 1)
@@ -150,7 +158,12 @@ def _previous_word(norm: str, pos: int) -> str:
     words = re.findall(r"[\w$'-]+", norm[:pos])
     if not words:
         return ""
+    if words[-1] == "it" and len(words) > 1 and words[-2] in _CHANGE_VERBS:
+        return "make it"  # "make it 4 days" changes the stay; "is it $200 a night" is a price
     return "dollars" if re.fullmatch(r"\$?\d+(?:\.\d+)?", words[-1]) else words[-1]
+
+
+_CHANGE_VERBS = frozenset({"make", "have", "keep", "extend", "change", "making", "be", "need", "want"})
 
 
 # "that's all for today", "thanks for your help today": "today" closing a conversation names no date.
