@@ -155,8 +155,9 @@ _ONE_NAMED_NIGHT = re.compile(
 
 
 def _previous_word(norm: str, pos: int) -> str:
+    """The word just before `pos` in the same clause ("" after a full stop or a comma: "a party of 7. 5 days")."""
     words = re.findall(r"[\w$'-]+", norm[:pos])
-    if not words:
+    if not words or re.search(r"[.,;!?]\s*$", norm[:pos]):
         return ""
     if words[-1] == "it" and len(words) > 1 and words[-2] in _CHANGE_VERBS:
         return "make it"  # "make it 4 days" changes the stay; "is it $200 a night" is a price
@@ -168,7 +169,7 @@ _CHANGE_VERBS = frozenset({"make", "have", "keep", "extend", "change", "making",
 
 # "that's all for today", "thanks for your help today": "today" closing a conversation names no date.
 _SMALL_TALK_TODAY = re.compile(
-    r"\b(?:that'?s all|that is all|be all|that'?s everything|all i need(?:ed)?|thanks|thank you|help|helping"
+    r"\b(?:that'?s all|that is all|be all|that'?s everything|all i need(?:ed)?|thanks|thank you|help|helping|done"
     r"|that'?s it|assistance|your time)\b"
     r"(?:\W+\w+){0,4}\W+(?:for )?today\W*$"
 )
