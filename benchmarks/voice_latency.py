@@ -230,13 +230,24 @@ def main() -> None:
     parser.add_argument("--calls", type=int, nargs="+", default=[1, 2, 4], help="concurrency levels")
     parser.add_argument("--url", help="a running server (ws://host:port); default: start one")
     parser.add_argument("--llm", action="store_true", help="let the LLM word replies (INNKEEPER_VOICE_LLM)")
+    parser.add_argument("--reading", type=Path, help="a model directory that reads every turn (model understanding)")
+    parser.add_argument("--no-read-ahead", action="store_true", help="with --reading: read only once a turn ends")
+    parser.add_argument("--out", type=Path, help="results file (default: by mode, in benchmarks/results)")
     args = parser.parse_args()
     settings = Settings(asr_threads=1, tts_threads=1)
     synthesizer = load_synthesizer(settings, variation=False)  # the same caller audio every run
     lines = lines_from_text(BOOKING_CALL, synthesizer)
     rtf = speech_rtf(settings, synthesizer, lines)  # before the server starts: measured on a quiet CPU
     with tempfile.TemporaryDirectory(prefix="innkeeper-bench-") as home:
-        server = None if args.url else ServerProcess(Path(home), env={"INNKEEPER_TODAY": TODAY}, llm=args.llm)
+        env = {"INNKEEPER_TODAY": TODAY}
+        if args.reading:  # the model reads each caller turn (first where it validates), templates still speak
+            env |= {
+                "INNKEEPER_MODEL_UNDERSTANDING": "1",
+                "INNKEEPER_LLM_MODEL": str(args.reading.resolve()),
+                "INNKEEPER_VOICE_LLM": "1" if args.llm else "0",
+                "INNKEEPER_READ_AHEAD": str(not args.no_read_ahead),
+            }
+        server = None if args.url else ServerProcess(Path(home), env=env, llm=args.llm)
         try:
             url = args.url or server.__enter__().url
         except RuntimeError as exc:
@@ -251,10 +262,11 @@ def main() -> None:
         if any(level["server_errors"] or level["failed_calls"] for level in levels) and server is not None:
             console.print(f"[yellow]server log tail:\n{server.log_tail()}")
     print_tables(levels, rtf)
-    results = RESULTS.with_name("voice_latency_llm.json") if args.llm else RESULTS
+    results = args.out or (RESULTS.with_name("voice_latency_llm.json") if args.llm else RESULTS)
     results.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "llm": "bundled SmolLM2-135M, INNKEEPER_VOICE_LLM_FIRST_SENTENCE_MS" if args.llm else "off (templates)",
+        "reading": None if not args.reading else {"model": str(args.reading), "read_ahead": not args.no_read_ahead},
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
         "server": args.url or f"innkeeper serve (INNKEEPER_TODAY={TODAY}, fresh INNKEEPER_HOME)",

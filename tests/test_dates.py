@@ -25,7 +25,7 @@ CASES = [
     (THU_NOV_26, "we need it three 3 days from the 9th", d(12, 9), d(12, 12), 3),
     (THU_NOV_26, "Please make it 6 days.", None, None, 6),
     (THU_NOV_26, "is it 150 a night?", None, None, None),
-    (THU_NOV_26, "We are a group of 6. 2 days starting Saturday.", d(11, 28), d(11, 30), 2),  # a count ends its sentence
+    (THU_NOV_26, "We are a group of 6. 2 days starting Saturday.", d(11, 28), d(11, 30), 2),  # count, full stop
     (THU_NOV_26, "Perfect, I think we're done for today.", None, None, None),  # closing small talk, no date
     (THU_NOV_26, "this Friday", d(11, 27), None, None),
     (THU_NOV_26, "Thursday", d(11, 26), None, None),

@@ -249,7 +249,7 @@ class VoiceCall:
         """Speculative recognition at the caller's first pause; the model (where it reads turns) starts reading
         these words at once, so its reading is ready, or nearly, when the silence ends the turn."""
         transcript = await self._transcribe(audio)
-        if transcript.text and not self._agent_busy():
+        if transcript.text and self.config.read_ahead and not self._agent_busy():
             self.conversation.anticipate(transcript.text)
         return transcript
 

@@ -35,6 +35,7 @@ class VoiceConfig:
     lead_ms: int = 240
     partial_every_ms: int | None = 1200  # partial transcripts while the caller speaks (None = off)
     ack_wait_ms: int = 400  # after a barge-in, how long to wait for the client's playback report
+    read_ahead: bool = True  # where the model reads turns, start on the words of the caller's first pause
 
 
 @dataclass

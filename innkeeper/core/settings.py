@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     early_silence_ms: int = Field(
         default=192, description="A shorter pause that starts speech recognition speculatively."
     )
+    read_ahead: bool = Field(
+        default=True,
+        description="Where the model reads turns: start reading the caller's words at their first pause, "
+        "before the silence ends the turn (the reading is taken if the words stay the same).",
+    )
     barge_in_min_speech_ms: int = Field(
         default=400, description="Caller speech over the agent must last this long (and not be 'mhm') to interrupt."
     )

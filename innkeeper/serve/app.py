@@ -67,7 +67,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        use_llm = settings.voice_llm and settings.llm_model != "none"  # this server only takes voice calls
+        # The model is loaded when it words voice replies or reads turns (voice wording stays per voice_llm).
+        use_llm = (settings.voice_llm or settings.model_understanding) and settings.llm_model != "none"
         # The LLM itself comes from the model admin: the registry's serving version, else the base model.
         agent = runtime or await asyncio.to_thread(AgentRuntime.from_settings, settings, use_llm=False)
         admin = ModelAdmin.for_runtime(

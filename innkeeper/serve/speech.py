@@ -46,6 +46,7 @@ def voice_config(settings: Settings) -> VoiceConfig:
         ),
         barge_in_min_speech_ms=settings.barge_in_min_speech_ms,
         partial_every_ms=settings.partial_transcripts_ms,
+        read_ahead=settings.read_ahead,
     )
 
 
