@@ -25,7 +25,7 @@ from agent.call.backlog import CallBacklog, UnsavedCall, UnsavedTurn
 from agent.call.calllog import CallLog
 from agent.call.turns import TurnsInProgress
 from agent.dialogue.manager import DialogueManager, Reader
-from agent.dialogue.policy import InputProblem, clean_utterance
+from agent.dialogue.policy import CleanInput, InputProblem, clean_utterance
 from agent.dialogue.state import ReplyPlan, Stage, mask_turn
 from agent.dialogue.tools import HotelTools
 from agent.reply.wording import ReplyWriter, TextStreamer
@@ -313,14 +313,12 @@ class Conversation:
 
     def anticipate(self, user_text: str) -> None:
         """The caller paused on these words: the model may start reading them (voice calls, `ReadAhead`)."""
-        clean = clean_utterance(user_text)
-        masked, cards, card_like = mask_turn(clean.text)
+        clean, masked, cards, card_like = _screened(user_text)
         if clean.problem is None and not (cards or card_like):
             self.dialogue.anticipate(masked)
 
     async def _decide(self, user_text: str | bytes) -> tuple[str, ReplyPlan]:
-        clean = clean_utterance(user_text)
-        masked, cards, card_like = mask_turn(clean.text)
+        clean, masked, cards, card_like = _screened(user_text)
         if clean.problem is not None:
             return masked, ReplyPlan("bad_input", [_BAD_INPUT_REPLIES[clean.problem]])
         if cards or card_like:
@@ -406,6 +404,13 @@ class Conversation:
                 log.error("call log unavailable, keeping %d turns in memory: %s", len(self._unsaved), err)
                 return
             self._unsaved.pop(0)
+
+
+def _screened(user_text: str | bytes) -> tuple[CleanInput, str, int, bool]:
+    """The caller's words cleaned (`clean.problem` says why they are unusable) and card-masked."""
+    clean = clean_utterance(user_text)
+    masked, cards, card_like = mask_turn(clean.text)
+    return clean, masked, cards, card_like
 
 
 def unheard_sentences(generated: str, heard: str) -> list[str]:
