@@ -242,3 +242,19 @@ def test_the_models_reading_comes_first_where_it_validates_and_disagreements_are
     assert state["check_out_date"] == "2019-03-09"  # "banana" fell back to the rules
     state = tracker.hear("Anything else?", "For two nights.")
     assert state["number_of_days"] == 2 and tracker.disagreements == 1
+
+
+def test_a_count_of_rooms_stars_or_money_does_not_vouch_for_the_models_nights_or_guests():
+    from agent.understanding.action import ActionSlots, TurnAction
+
+    readings = {
+        "Two nights from the 4th, please.": TurnAction(slots=ActionSlots(nights=2)),
+        "Oh, and we need 3 rooms.": TurnAction(slots=ActionSlots(nights=3, adults=3)),  # the number counts rooms
+        "Is that the 4-star one? We are 4 adults.": TurnAction(slots=ActionSlots(adults=4)),  # said as guests too
+    }
+    tracker = StayTracker(load_hotel(Settings().hotel_file), date(2019, 3, 1), lambda agent, caller: readings[caller])
+    tracker.hear(None, "Two nights from the 4th, please.")
+    state = tracker.hear("Anything else?", "Oh, and we need 3 rooms.")
+    assert (state["number_of_days"], state["number_of_adults"]) == (2, None)
+    state = tracker.hear("Anything else?", "Is that the 4-star one? We are 4 adults.")
+    assert state["number_of_adults"] == 4

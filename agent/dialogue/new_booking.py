@@ -356,6 +356,12 @@ def _bare_count(text: str) -> int | None:
 
 _ONE_NIGHT = re.compile(r"\b(?:a|one|single) night\b|\btonight\b|\bovernight\b", re.I)
 _ONE_GUEST = re.compile(r"\b(?:just|only) (?:me|myself|one)\b|\balone\b|\bmyself\b|\bsolo\b|\bsingle\b", re.I)
+# A number followed by one of these counts rooms, stars, money or a time, never nights or guests.
+_COUNTS_SOMETHING_ELSE = re.compile(
+    r"\s*(?:-\s*)?(?:rooms?|star|stars|dollars?|bucks|euros?|pounds?|percent|%|o'?clock|am\b|pm\b|a\.m|p\.m|"
+    r"beds?|bedrooms?|bathrooms?|floors?|miles?|minutes?|hours?)\b",
+    re.I,
+)
 _TWO = re.compile(r"\b(?:couple|pair|both of us|two of us|(?:wife|husband|partner|friend) and (?:I|me))\b", re.I)
 
 
@@ -372,7 +378,11 @@ def _said_count(value: int | None, text: str, one: re.Pattern[str]) -> int | Non
     me"): a reader must not invent a length of stay or a party size the turn does not carry."""
     if value is None:
         return None
-    said = {phrase.value for phrase in number_phrases(text) if not phrase.ordinal}  # "the 9th" is a date
+    said = {
+        phrase.value
+        for phrase in number_phrases(text)
+        if not phrase.ordinal and not _COUNTS_SOMETHING_ELSE.match(text, phrase.end)  # "the 9th", "3 rooms"
+    }
     if (value == 1 and one.search(text)) or (value == 2 and _TWO.search(text)):
         said.add(value)
     return value if value in said else None
