@@ -244,13 +244,14 @@ def test_the_models_reading_comes_first_where_it_validates_and_disagreements_are
     assert state["number_of_days"] == 2 and tracker.disagreements == 1
 
 
-def test_a_count_of_rooms_stars_or_money_does_not_vouch_for_the_models_nights_or_guests():
+def test_a_count_of_rooms_stars_money_a_time_or_the_other_slot_does_not_vouch_for_the_models_count():
     from agent.understanding.action import ActionSlots, TurnAction
 
     readings = {
         "Two nights from the 4th, please.": TurnAction(slots=ActionSlots(nights=2)),
         "Oh, and we need 3 rooms.": TurnAction(slots=ActionSlots(nights=3, adults=3)),  # the number counts rooms
         "Is that the 4-star one? We are 4 adults.": TurnAction(slots=ActionSlots(adults=4)),  # said as guests too
+        "Could they do just one night? We land at 11:00.": TurnAction(slots=ActionSlots(nights=11, adults=1)),
     }
     tracker = StayTracker(load_hotel(Settings().hotel_file), date(2019, 3, 1), lambda agent, caller: readings[caller])
     tracker.hear(None, "Two nights from the 4th, please.")
@@ -258,3 +259,6 @@ def test_a_count_of_rooms_stars_or_money_does_not_vouch_for_the_models_nights_or
     assert (state["number_of_days"], state["number_of_adults"]) == (2, None)
     state = tracker.hear("Anything else?", "Is that the 4-star one? We are 4 adults.")
     assert state["number_of_adults"] == 4
+    # "one night" is a length, not a party of one; "11:00" is a time
+    state = tracker.hear("Anything else?", "Could they do just one night? We land at 11:00.")
+    assert (state["number_of_days"], state["number_of_adults"]) == (1, 4)

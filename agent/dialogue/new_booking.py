@@ -88,13 +88,13 @@ class NewBookingFlow:
         model = {
             "check_in": _valid_date(_quoted(slots.check_in, text), today),
             "check_out": _valid_date(_quoted(slots.check_out, text), today),
-            "nights": _said_count(slots.nights, text, _ONE_NIGHT),
+            "nights": _said_count(slots.nights, text, _ONE_NIGHT, _COUNTS_GUESTS),
         }
         ruled = {"check_in": rules.check_in, "check_out": rules.check_out, "nights": rules.nights}
         first, second = (model, ruled) if self.state.trust == "model" else (ruled, model)
         chosen = {k: first[k] if first[k] is not None else second[k] for k in ruled}
         self.state.disagreements = [k for k in ruled if None not in (model[k], ruled[k]) and model[k] != ruled[k]]
-        adults = _said_count(slots.adults, text, _ONE_GUEST)
+        adults = _said_count(slots.adults, text, _ONE_GUEST, _COUNTS_NIGHTS)
         model_guests = (adults + (slots.children or 0)) if adults else None
         if model_guests and rules_guests and model_guests != rules_guests:
             self.state.disagreements.append("guests")
@@ -358,9 +358,13 @@ _ONE_NIGHT = re.compile(r"\b(?:a|one|single) night\b|\btonight\b|\bovernight\b",
 _ONE_GUEST = re.compile(r"\b(?:just|only) (?:me|myself|one)\b|\balone\b|\bmyself\b|\bsolo\b|\bsingle\b", re.I)
 # A number followed by one of these counts rooms, stars, money or a time, never nights or guests.
 _COUNTS_SOMETHING_ELSE = re.compile(
-    r"\s*(?:-\s*)?(?:rooms?|star|stars|dollars?|bucks|euros?|pounds?|percent|%|o'?clock|am\b|pm\b|a\.m|p\.m|"
-    r"beds?|bedrooms?|bathrooms?|floors?|miles?|minutes?|hours?)\b",
+    r":\d\d|\s*(?:-\s*)?(?:rooms?|star|stars|dollars?|bucks|euros?|pounds?|percent|%|o'?clock|am\b|pm\b|a\.m|"
+    r"p\.m|beds?|bedrooms?|bathrooms?|floors?|miles?|minutes?|hours?)\b",
     re.I,
+)
+_COUNTS_NIGHTS = re.compile(r"\s*(?:-\s*)?(?:more |whole |full )?(?:nights?|days?|weeks?)\b", re.I)
+_COUNTS_GUESTS = re.compile(
+    r"\s*(?:more )?(?:people|persons?|guests?|adults?|kids?|children|of us|in (?:my|our) (?:party|group))\b", re.I
 )
 _TWO = re.compile(r"\b(?:couple|pair|both of us|two of us|(?:wife|husband|partner|friend) and (?:I|me))\b", re.I)
 
@@ -373,18 +377,23 @@ def _quoted(said: str | None, text: str) -> str | None:
     return said if set(re.findall(r"[a-z0-9]+", said.lower())) <= words else None
 
 
-def _said_count(value: int | None, text: str, one: re.Pattern[str]) -> int | None:
+def _said_count(value: int | None, text: str, one: re.Pattern[str], other_unit: re.Pattern[str]) -> int | None:
     """A count the model read, kept only if the caller said that number (digits or words, "a couple", "just
-    me"): a reader must not invent a length of stay or a party size the turn does not carry."""
+    me") and not as a count of something else — a date ("the 9th"), rooms, stars, money, a time, or the other
+    count (`other_unit`: "one night" vouches for no party of one): a reader must not invent a length of stay or
+    a party size the turn does not carry."""
     if value is None:
         return None
     said = {
         phrase.value
         for phrase in number_phrases(text)
-        if not phrase.ordinal and not _COUNTS_SOMETHING_ELSE.match(text, phrase.end)  # "the 9th", "3 rooms"
+        if not phrase.ordinal
+        and not _COUNTS_SOMETHING_ELSE.match(text, phrase.end)
+        and not other_unit.match(text, phrase.end)
     }
-    if (value == 1 and one.search(text)) or (value == 2 and _TWO.search(text)):
-        said.add(value)
+    for count, pattern in ((1, one), (2, _TWO)):  # "just me", "a couple" — but "just one night" is no party
+        if value == count and any(not other_unit.match(text, m.end()) for m in pattern.finditer(text)):
+            said.add(value)
     return value if value in said else None
 
 
