@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv models browser demo test lint bench clean
+.PHONY: venv models browser balancer demo test lint bench clean
 
 venv: $(STAMP)
 
@@ -29,7 +29,13 @@ browser:
 	  || { $(SUDO) apt-get update -q >/dev/null 2>&1 && $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1; } \
 	  || echo "chromium could not be installed from Debian's packages: the browser tests will skip"; }
 
-test: models browser
+# The scale-out test puts Debian's haproxy in front of two workers.
+balancer:
+	@command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || { $(SUDO) apt-get install -y -q haproxy >/dev/null 2>&1 \
+	  || { $(SUDO) apt-get update -q >/dev/null 2>&1 && $(SUDO) apt-get install -y -q haproxy >/dev/null 2>&1; } \
+	  || echo "haproxy could not be installed from Debian's packages: the scale-out test will skip"; }
+
+test: models browser balancer
 	$(BIN)/python -m pytest -q
 
 lint: venv

@@ -17,6 +17,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -125,3 +126,19 @@ def _url_from_env_file() -> str | None:
         if name.strip() == POSTGRES_URL_VAR:
             return value.strip()
     return None
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[dict[str, Any]]:
+    """A real S3-protocol HTTP server (moto) on a free port, with one bucket; yields the fsspec storage options."""
+    boto3 = pytest.importorskip("boto3")
+    pytest.importorskip("s3fs")
+    server_module = pytest.importorskip("moto.server")
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    credentials = {"aws_access_key_id": "test", "aws_secret_access_key": "test", "region_name": "us-east-1"}
+    boto3.client("s3", endpoint_url=endpoint, **credentials).create_bucket(Bucket="innkeeper-models")
+    yield {"endpoint_url": endpoint, "key": "test", "secret": "test", "client_kwargs": {"region_name": "us-east-1"}}
+    server.stop()

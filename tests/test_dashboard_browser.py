@@ -261,3 +261,83 @@ def write_caller_wav(path, lines, *, lead_s: float = 2.0, pause_s: float = 8.5) 
         wav.setsampwidth(2)
         wav.setframerate(rate)
         wav.writeframes(np.concatenate(parts).tobytes())
+
+
+@pytest.mark.real_model
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_new_operator_watches_a_call_fixes_a_turn_and_an_admin_promotes_the_night_that_learned_it(
+    browser, tmp_path, sqlite_db, tiny_model_dir
+):
+    """The whole loop in the browser, as a new operator meets it: a phone call is followed live, its first turn
+    is corrected on the call's page (which shows what training will see), an admin starts the nightly run from
+    the tuning page — a separate process that curates the correction, trains, evaluates and registers a
+    candidate — and promotes that candidate; the running agent then serves it."""
+    import time
+
+    from innkeeper.serve.speech import load_speech_models
+    from innkeeper.simulation.call_report import call_url
+    from innkeeper.simulation.caller_lines import lines_from_text
+    from innkeeper.simulation.voice_caller import place_call
+    from tuning.data.preview import preview_call
+    from tuning.gate import OPEN_GATE_SETTINGS
+
+    settings = Settings(home=tmp_path, today=TODAY, database_url=sqlite_db.engine.url.render_as_string(False),
+                        llm_model=str(tiny_model_dir), voice_llm=True, registry_poll_s=0, nightly_steps=2,
+                        tune_batch_size=2, nightly_eval_size="tiny", tune_eval_size="tiny", tune_reading_examples=4,
+                        gate_understanding_dialogues=0, nightly_heldout_fraction=0.0, nightly_promote=False,
+                        partial_transcripts_ms=None, **OPEN_GATE_SETTINGS)  # fmt: skip
+    models = load_speech_models(settings)
+    accounts = Accounts(sqlite_db)
+    accounts.add("nora", PASSWORD, "operator")
+    accounts.add("alice", PASSWORD, "admin")
+    app = create_app(settings, models=models, training_view=preview_call)
+    with serving(app) as host:
+        url = f"http://{host}"
+        runtime: AgentRuntime = app.state.services.runtime
+        # 1. the new operator follows the live calls while one comes in over the phone protocol
+        page = sign_in(browser, url, "nora")
+        page.goto(f"{url}/live")
+        page.wait_for_selector("#live-status:text('Following live calls.')")
+        lines = lines_from_text(["Do you have free parking?", "Thanks, that's all, bye."], models.synthesizer)
+        report = outside_the_browsers_loop(place_call(call_url(f"ws://{host}", "plain"), lines, protocol="plain"))
+        assert all(turn.answered for turn in report.turns), report
+        page.wait_for_selector("#live-calls :text('ended')", timeout=60_000)
+        assert "Caller:" in page.inner_text("#live-calls")
+
+        # 2. the call's page: what training will see, and a correction of how the first turn was read
+        [call] = runtime.call_log.search()
+        page.goto(f"{url}/calls/{call.id}")
+        assert "learned" in page.inner_text("#training-verdict")
+        first = next(t.index for t in runtime.call_log.transcript(call.id) if t.role == "caller")
+        turn = page.locator(f"#turn-{first}")
+        turn.locator("summary").click()
+        turn.locator("input[value=ask]").check()
+        turn.locator("textarea[name=questions]").fill("parking")
+        turn.locator("text=Save correction").click()
+        page.wait_for_selector(f"#turn-{first} .correction")
+        page.reload()
+        reading = page.inner_text(f"#turn-{first} .training-view")
+        assert "reading example" in reading and '"questions":["parking"]' in reading.replace(" ", "")
+
+        # 3. an admin starts the nightly run from the tuning page; it learns from the call and the correction
+        admin = sign_in(browser, url, "alice")
+        admin.goto(f"{url}/tuning")
+        admin.click("text=Start a nightly run now")
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and "is running" in admin.content():
+            time.sleep(2)
+            admin.goto(f"{url}/tuning")
+        run = admin.locator("tr.run").first
+        assert "registered" in run.inner_text(), (run.inner_text(), (settings.nightly_dir / "dashboard-job.log"))
+        assert "corrected_readings=1" in run.inner_text()
+        version = run.locator("td").last.inner_text().strip()
+        assert version
+
+        # 4. ... and promotes that candidate; the running agent serves it
+        admin.goto(f"{url}/models")
+        row = admin.locator(f"#versions tr:has-text('{version}')")
+        row.locator("input[name=reason]").fill("learned the parking question from review")
+        row.locator("input[name=password]").fill(PASSWORD)
+        row.locator("button:text('Promote')").click()  # (the gate's decision, "promote", is a cell of the row)
+        admin.wait_for_selector(f"#serving:text('{version}')", timeout=120_000)
+        assert version in runtime.slot.version

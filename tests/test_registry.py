@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
-from typing import Any
 
 import fsspec
 import pytest
@@ -68,22 +67,6 @@ def store_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def registry(db: Database, store_dir: Path, tmp_path: Path) -> ModelRegistry:
     return ModelRegistry(db, ArtifactStore(f"file://{store_dir}"), tmp_path / "cache")
-
-
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[dict[str, Any]]:
-    """A real S3-protocol HTTP server (moto) on a free port, with one bucket; yields the fsspec storage options."""
-    boto3 = pytest.importorskip("boto3")
-    pytest.importorskip("s3fs")
-    server_module = pytest.importorskip("moto.server")
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    credentials = {"aws_access_key_id": "test", "aws_secret_access_key": "test", "region_name": "us-east-1"}
-    boto3.client("s3", endpoint_url=endpoint, **credentials).create_bucket(Bucket="innkeeper-models")
-    yield {"endpoint_url": endpoint, "key": "test", "secret": "test", "client_kwargs": {"region_name": "us-east-1"}}
-    server.stop()
 
 
 @pytest.fixture(params=["memory", "s3"])

@@ -54,6 +54,12 @@ class ServerProcess:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    def kill(self) -> None:
+        """End the server the way a crash does: SIGKILL, no shutdown of its calls."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
     def stop(self) -> None:
         if self._process is None or self._process.poll() is not None:
             return
