@@ -72,13 +72,19 @@ class ActionExample:
     action: TurnAction
 
 
-def sgd_action_examples(dialogue: dict[str, Any]) -> Iterator[ActionExample]:
-    """One example per caller turn of an SGD dialogue (hotel frames only)."""
+def _caller_turns(dialogue: dict[str, Any]) -> Iterator[tuple[int, str | None, dict[str, Any]]]:
+    """(index, the agent's words just before, the turn) for each caller turn of a dialogue-set dialogue."""
     agent_text = None
     for index, turn in enumerate(dialogue.get("turns", [])):
         if turn.get("speaker") != "USER":
             agent_text = turn.get("utterance")
-            continue
+        else:
+            yield index, agent_text, turn
+
+
+def sgd_action_examples(dialogue: dict[str, Any]) -> Iterator[ActionExample]:
+    """One example per caller turn of an SGD dialogue (hotel frames only)."""
+    for index, agent_text, turn in _caller_turns(dialogue):
         frames = [f for f in turn.get("frames", []) if str(f.get("service", "Hotels")).startswith("Hotels")]
         actions = [a for frame in frames for a in frame.get("actions", [])]
         yield ActionExample(f"{dialogue['dialogue_id']}#{index}", agent_text, turn["utterance"], _action(actions))
@@ -123,11 +129,7 @@ _MULTIWOZ_QUESTIONS = {
 
 def multiwoz_action_examples(dialogue: dict[str, Any]) -> Iterator[ActionExample]:
     """One example per caller turn of a MultiWOZ 2.1 dialogue (its `dialog_act` annotation read for the hotel)."""
-    agent_text = None
-    for index, turn in enumerate(dialogue.get("turns", [])):
-        if turn.get("speaker") != "USER":
-            agent_text = turn.get("utterance")
-            continue
+    for index, agent_text, turn in _caller_turns(dialogue):
         text = turn.get("utterance", "")
         acts = dict(turn.get("dialog_act") or {})
         if told := _booking_told(dialogue["turns"], index):
