@@ -97,7 +97,8 @@ def test_an_operator_corrects_a_turn_and_excludes_the_call_in_the_browser(browse
         [stored] = Corrections(sqlite_db).list(call_id=call_id)
         assert stored.author == "oscar" and stored.action.slots.nights == 2
         # the next nightly run's curation turns it into a training example of the reading
-        [example] = curate(sqlite_db, settings, since=None).readings
+        readings = curate(sqlite_db, settings, since=None).readings  # (the call's booking labels other turns)
+        [example] = [e for e in readings if e.example_id == f"{call_id}#{stored.turn_id}"]
         assert example.action.slots.nights == 2 and example.action.slots.check_in == "December 7"
 
         page.click("text=Exclude from training")
