@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import date
 from pathlib import Path
@@ -59,7 +60,8 @@ def eval_understanding(
     if trust not in ("model", "rules"):
         err_console.print(f"[red]--trust is 'model' or 'rules', not {trust!r}")
         raise typer.Exit(2)
-    reader = None if model == "rules" else _remembering(_model_reader(settings, model))
+    # functools.cache: each (agent words, caller words) read once, so the columns share one model pass
+    reader = None if model == "rules" else functools.cache(_model_reader(settings, model))
     # One reading per turn serves every column: the rules alone, the model first, the rules first.
     runs = {"rules": _tracker_factory(hotel, None)}
     if reader is not None:
@@ -102,19 +104,6 @@ def eval_understanding(
 def _turn_row(user_turn) -> dict:
     gold = {slot: sorted(map(str, values)) for slot, values in user_turn.gold.items()}
     return {"agent": user_turn.agent_text, "caller": user_turn.text, "gold": gold, "columns": {}}
-
-
-def _remembering(read):
-    """The reader with each (agent words, caller words) read once: the columns share one model pass."""
-    readings: dict = {}
-
-    def remembered(agent_text, caller_text):
-        key = (agent_text, caller_text)
-        if key not in readings:
-            readings[key] = read(agent_text, caller_text)
-        return readings[key]
-
-    return remembered
 
 
 def _tracker_factory(hotel, reader, trust: str = "model"):

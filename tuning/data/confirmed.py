@@ -66,17 +66,25 @@ def booked_stays(db: Database, call_ids: Collection[str]) -> dict[str, BookedSta
     return db.transact(work)
 
 
+def confirmed_readings(
+    db: Database, dialogues: Sequence[RedactedDialogue], hotel: HotelProfile, day_of: Callable[[RedactedDialogue], date]
+) -> list[ActionExample]:
+    """The reading examples of these calls' booking turns, each call's booking read from the database."""
+    stays = booked_stays(db, [d.call_id for d in dialogues if _made_a_booking(d)])
+    return confirmed_booking_examples(dialogues, stays, hotel, day_of)
+
+
 def confirmed_booking_examples(
     dialogues: Sequence[RedactedDialogue],
     stays: Mapping[str, BookedStay],
     hotel: HotelProfile,
     day_of: Callable[[RedactedDialogue], date],
 ) -> list[ActionExample]:
-    """Reading examples from the turns of each call that led to its booking (calls without one give none);
+    """Reading examples from the turns of each call that led to its booking (`stays`: the calls that made one);
     `day_of` is the date the call's words were understood against (its "today")."""
     examples = []
     for dialogue in dialogues:
-        if (stay := stays.get(dialogue.call_id)) is not None and _made_a_booking(dialogue):
+        if (stay := stays.get(dialogue.call_id)) is not None:
             examples += _labelled_turns(dialogue, stay, hotel, day_of(dialogue))
     return examples
 

@@ -41,7 +41,7 @@ from innkeeper.core.db.schema import utcnow
 from innkeeper.core.hotel import HotelProfile, load_hotel
 from innkeeper.core.settings import Settings
 from tuning.data.actions import ActionExample, correction_examples
-from tuning.data.confirmed import booked_stays, confirmed_booking_examples
+from tuning.data.confirmed import confirmed_readings
 from tuning.data.dialogues import Dialogue
 from tuning.data.pii import CARD, CODE, PLACEHOLDERS
 from tuning.data.redact import DROP_REASONS, Dropped, RedactedDialogue, RedactedTurn, redact_dialogue
@@ -260,9 +260,7 @@ def call_readings(
     caller_turns = [t.id for d in dialogues for t in d.turns if t.role == "caller"]
     corrected = {c.turn_id: c.action for c in Corrections(db).list(turn_ids=caller_turns)}  # the latest wins
     readings = correction_examples(dialogues, corrected)
-    booking_calls = [d.call_id for d in dialogues if any(e.tool == "create_booking" for t in d.turns for e in t.events)]
-    stays = booked_stays(db, booking_calls)
-    confirmed = confirmed_booking_examples(dialogues, stays, hotel, partial(_call_day, settings, hotel))
+    confirmed = confirmed_readings(db, dialogues, hotel, partial(_call_day, settings, hotel))
     taken = {r.example_id for r in readings}
     return readings, [e for e in confirmed if e.example_id not in taken]
 
