@@ -181,7 +181,9 @@ def _curate(settings: Settings, db: Database, run: NightlyRun, force: bool, repo
     last = _read_json(nightly_root(settings) / "last_success.json") or {}
     new_calls = sorted(set(curation.call_ids) - set(last.get("call_ids", [])))
     reading_ids = sorted(e.example_id for e in curation.readings)
-    new_calls += sorted(set(reading_ids) - set(last.get("reading_ids", [])))  # a new correction is new data
+    # A new label is new data: a new correction, or one that replaces a booking's label of the same turn.
+    labels = sorted(f"{e.example_id} {e.action.model_dump_json()}" for e in curation.readings)
+    new_calls += sorted(set(labels) - set(last.get("reading_labels", [])))
     counts = {**curation.counts, "eligible": len(curation.dialogues), "new_since_last_run": len(new_calls)}
     report.counts = counts
     trainable = len(curation.dialogues) - len(held_out)
@@ -200,6 +202,7 @@ def _curate(settings: Settings, db: Database, run: NightlyRun, force: bool, repo
         "held_out": sorted(held_out),
         "call_ids": sorted(curation.call_ids),
         "reading_ids": reading_ids,
+        "reading_labels": labels,
     }
 
 
@@ -459,6 +462,7 @@ def _end(run: NightlyRun, report: NightlyReport, status: str, console: Console) 
                 "finished_at": _iso(None),
                 "call_ids": run.output("curate")["call_ids"],
                 "reading_ids": run.output("curate").get("reading_ids", []),
+                "reading_labels": run.output("curate").get("reading_labels", []),
             },
         )
     console.print(f"[bold]nightly {run.id}: {status}[/] {report.note}")
