@@ -55,6 +55,14 @@ METHODS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         {"lr": 2e-4, "eps": 0.95, "source_weights": BY_SOURCE},
         {"ratio": 0.25},
     ),
+    # Rehearsal toward the start model's predictions (KL anchor) instead of the rehearsed text: the remedy for
+    # the projected run's KL growing over long training, and the strong simple baseline (replay + KL) beside it.
+    "projected ε=0.95 by source + KL anchor 25%": (
+        "projected_replay",
+        {"lr": 2e-4, "eps": 0.95, "source_weights": BY_SOURCE},
+        {"ratio": 0.25, "anchor": "kl", "anchor_weight": 4.0},
+    ),
+    "replay + KL anchor 25%": ("replay", {"lr": 5e-5}, {"ratio": 0.25, "anchor": "kl", "anchor_weight": 4.0}),
     # What a call agent must keep is how it chats and what it refuses more than how it continues WikiText.
     "projected ε=0.90 by source, chat+safety ×2": (
         "projected",

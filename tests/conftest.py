@@ -52,6 +52,15 @@ POSTGRES_ENV_FILE = PROJECT_ROOT / ".innkeeper" / "postgres.env"
 
 
 @pytest.fixture(scope="session")
+def caller_voice():
+    """The simulated caller's voice: Piper without its random prosody, so a script sounds the same on every run
+    (with it, a line now and then came out so that Whisper misheard it, and a call test failed by chance)."""
+    from innkeeper.serve.speech import load_synthesizer
+
+    return load_synthesizer(Settings(tts_threads=1), variation=False)
+
+
+@pytest.fixture(scope="session")
 def hotel() -> HotelProfile:
     return load_hotel(Settings().hotel_file)
 

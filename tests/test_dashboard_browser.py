@@ -173,7 +173,7 @@ def test_an_admin_promotes_and_rolls_back_in_the_browser(browser, tmp_path, sqli
 
 @pytest.mark.real_model
 def test_staff_book_a_room_by_talking_to_the_agent_from_the_browser_while_another_page_watches_live(
-    playwright, tmp_path, sqlite_db
+    playwright, tmp_path, sqlite_db, caller_voice
 ):
     """The browser-call page with Chromium's fake microphone (a WAV of the caller's lines, spoken by the bundled
     voice through a phone line, with pauses for the agent's replies) books a room end to end; the live page,
@@ -186,7 +186,7 @@ def test_staff_book_a_room_by_talking_to_the_agent_from_the_browser_while_anothe
                         llm_model="none", registry_poll_s=0, partial_transcripts_ms=None)  # fmt: skip
     models = load_speech_models(settings)
     microphone = tmp_path / "caller.wav"
-    write_caller_wav(microphone, lines_from_text(VOICE_DEMO_SCRIPT, models.synthesizer))
+    write_caller_wav(microphone, lines_from_text(VOICE_DEMO_SCRIPT, caller_voice))
     runtime = AgentRuntime(settings, llm=None, db=sqlite_db)
     Accounts(sqlite_db).add("oscar", PASSWORD, "operator")
     fake_microphone = [
@@ -267,7 +267,7 @@ def write_caller_wav(path, lines, *, lead_s: float = 2.0, pause_s: float = 8.5) 
 @pytest.mark.real_model
 @pytest.mark.usefixtures("one_torch_thread")
 def test_a_new_operator_watches_a_call_fixes_a_turn_and_an_admin_promotes_the_night_that_learned_it(
-    browser, tmp_path, sqlite_db, tiny_model_dir
+    browser, tmp_path, sqlite_db, tiny_model_dir, caller_voice
 ):
     """The whole loop in the browser, as a new operator meets it: a phone call is followed live, its first turn
     is corrected on the call's page (which shows what training will see), an admin starts the nightly run from
@@ -299,7 +299,7 @@ def test_a_new_operator_watches_a_call_fixes_a_turn_and_an_admin_promotes_the_ni
         page = sign_in(browser, url, "nora")
         page.goto(f"{url}/live")
         page.wait_for_selector("#live-status:text('Following live calls.')")
-        lines = lines_from_text(["Do you have free parking?", "Thanks, that's all, bye."], models.synthesizer)
+        lines = lines_from_text(["Do you have free parking?", "Thanks, that's all, bye."], caller_voice)
         report = outside_the_browsers_loop(place_call(call_url(f"ws://{host}", "plain"), lines, protocol="plain"))
         assert all(turn.answered for turn in report.turns), report
         page.wait_for_selector("#live-calls :text('ended')", timeout=60_000)

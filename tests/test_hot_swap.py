@@ -534,7 +534,9 @@ def test_admin_api_needs_its_token_or_a_signed_in_admin(tmp_path, sqlite_db, bas
 
 
 @pytest.mark.real_model
-def test_three_calls_survive_a_promotion_through_the_admin_api(tmp_path, sqlite_db, base_dir, artifacts, speech_models):
+def test_three_calls_survive_a_promotion_through_the_admin_api(
+    tmp_path, sqlite_db, base_dir, artifacts, speech_models, caller_voice
+):
     """The issue's test: live calls over the plain websocket while the admin API promotes a new version."""
     from innkeeper.simulation.caller_lines import lines_from_text
     from innkeeper.simulation.voice_caller import place_call
@@ -548,7 +550,7 @@ def test_three_calls_survive_a_promotion_through_the_admin_api(tmp_path, sqlite_
         ("Is breakfast included?", "Do you allow dogs?", "What time is check out?"),
         ("Is there a gym?", "How far is the airport?", "Thank you, goodbye."),
     ]
-    lines = [lines_from_text(script, speech_models.synthesizer) for script in scripts]
+    lines = [lines_from_text(script, caller_voice) for script in scripts]
 
     with serving(app) as host:
         runtime: AgentRuntime = app.state.services.runtime

@@ -156,6 +156,32 @@ def test_update_clip_bounds_each_step_relative_to_the_weight() -> None:
     assert 0 < step <= 1e-3 * before.norm() * (1 + 1e-5)
 
 
+def test_a_batch_larger_than_the_forward_limit_is_one_step_in_chunks() -> None:
+    """Rehearsal makes batches of domain rows plus protected rows (4 + 1); each such batch is one optimizer step
+    whatever `batch_size` (the forward-pass limit), with the gradient of the whole batch."""
+    batches = [{"x": torch.randn(5, 16), "y": torch.randn(5, 12)} for _ in range(2)]
+    seen: list[int] = []
+
+    def counting_loss(model: nn.Module, batch: Batch) -> Tensor:
+        seen.append(len(batch["x"]))
+        return regression_loss(model, batch)
+
+    def trained(batch_size: int) -> Tensor:
+        torch.manual_seed(0)
+        probe = Probe(16, 12)
+        cfg = quiet(targets=("proj",), steps=2, lr=1e-2, batch_size=batch_size, grad_clip=None)
+        result = train_full(probe, batches, cfg, loss_fn=counting_loss)
+        assert result.steps == 2
+        return probe.proj.weight.detach()
+
+    whole = trained(batch_size=8)
+    assert seen == [5, 5]
+    seen.clear()
+    chunked = trained(batch_size=4)
+    assert seen == [4, 1, 4, 1]  # both batches seen in two steps: no protected-only step
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+
+
 def test_learning_rate_warms_up_then_decays_to_its_floor() -> None:
     cfg = quiet(steps=10, warmup_steps=2, min_lr_ratio=0.1)
     factors = [lr_factor(step, cfg) for step in range(10)]
@@ -417,6 +443,43 @@ def test_every_method_runs_through_the_dispatcher(tiny: PreTrainedModel, method:
             assert (delta @ bases.layers[name].U).abs().max() < 1e-5 * max(delta.abs().max().item(), 1.0)
     assert not any("lora" in name for name, _ in tiny.named_parameters()), "LoRA is merged back"
     assert torch.equal(tiny.get_input_embeddings().weight, embeddings)
+
+
+def _mean_kl_to(start: PreTrainedModel, model: PreTrainedModel, batches: list[Batch]) -> float:
+    from tuning.methods.replay import KLAnchor
+
+    anchor = KLAnchor(start, weight=1.0)
+    with torch.no_grad():
+        return sum(float(anchor.kl(model, b)) for b in batches) / len(batches)
+
+
+@pytest.mark.parametrize("method", ["replay", "projected_replay"])
+def test_a_kl_anchor_keeps_the_rehearsed_rows_closer_to_the_start_model_than_their_text(
+    tiny_dir: Path, method: str
+) -> None:
+    cfg = quiet(eps=0.5, steps=12, lr=3e-3, batch_size=8, seed=0)
+    protected = token_batches(8, PROTECTED_IDS)
+    domain = token_batches(9, DOMAIN_IDS, repeat=True)
+    start = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    bases = calibrate_bases(start, protected, cfg, model_id="tiny", corpus="random ids")
+    drift = {}
+    for anchor in ("text", "kl"):
+        model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+        train(method, model, domain, cfg, bases=bases, protected_batches=protected, anchor=anchor, anchor_weight=4.0)
+        drift[anchor] = _mean_kl_to(start, model, protected)
+    assert drift["kl"] < 0.7 * drift["text"], drift
+
+
+def test_an_unknown_rehearsal_anchor_is_refused(tiny: PreTrainedModel) -> None:
+    with pytest.raises(ValueError, match="anchor"):
+        train(
+            "replay",
+            tiny,
+            token_batches(9, DOMAIN_IDS),
+            quiet(steps=1),
+            protected_batches=token_batches(8, PROTECTED_IDS),
+            anchor="nope",
+        )
 
 
 def test_the_registry_names_every_method_and_what_it_needs() -> None:

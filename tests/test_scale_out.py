@@ -21,7 +21,6 @@ import pytest
 from agent.call.calllog import CallLog
 from innkeeper.core.settings import Settings
 from innkeeper.models.registry import ModelRegistry
-from innkeeper.serve.speech import load_synthesizer
 from innkeeper.simulation.call_report import call_url
 from innkeeper.simulation.caller_lines import lines_from_text
 from innkeeper.simulation.server_process import ServerProcess
@@ -82,6 +81,7 @@ def test_two_workers_behind_a_balancer_share_calls_a_promotion_and_survive_one_d
     postgres_db,
     s3_server,
     tiny_model_dir,
+    caller_voice,
 ):
     if not Path(HAPROXY).is_file():
         pytest.skip("no haproxy: `make test` installs Debian's haproxy (apt-get install haproxy)")
@@ -100,7 +100,6 @@ def test_two_workers_behind_a_balancer_share_calls_a_promotion_and_survive_one_d
     balancer_port = free_port()
     config = tmp_path / "haproxy.cfg"
     config.write_text(haproxy_config(balancer_port, {name: w.port for name, w in workers.items()}))
-    caller_voice = load_synthesizer(Settings(), variation=False)
     lines = lines_from_text(["Do you have parking?", "Thanks, bye."], caller_voice)
     through_balancer = call_url(f"ws://127.0.0.1:{balancer_port}", "plain")
 

@@ -82,8 +82,8 @@ def live_server(tmp_path_factory, speech_models) -> Iterator[LiveServer]:
 
 
 @pytest.fixture(scope="module")
-def synthesizer(speech_models):
-    return speech_models.synthesizer
+def synthesizer(caller_voice):
+    return caller_voice
 
 
 def _get(url: str, token: str | None = ADMIN_TOKEN) -> dict:
@@ -126,7 +126,8 @@ def test_twilio_call_books_a_room_and_records_both_legs(live_server, synthesizer
     )
     assert all(turn.answered for turn in report.turns), [(t.text, t.answered) for t in report.turns]
     record = _get(f"{live_server.http}/api/calls?call_sid={report.call_id}")
-    transcript = "\n".join(f"{t['role']}: {t['text']}" for t in record["turns"])
+    transcript = "\n".join(f"{t['role']}: {t['text']} {t.get('latencies') or ''}" for t in record["turns"])
+    transcript += "\ncaller's view: " + repr([(t.text, t.answered, t.v2v_ms) for t in report.turns])
     made = [b for b in live_server.runtime.tools.list_bookings() if b.code not in codes_before]
     assert len(made) == 1, f"bookings made: {made}\n{transcript}"
     booking = made[0]

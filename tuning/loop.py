@@ -157,14 +157,25 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _backward(model: nn.Module, micro_batches: Iterator[Batch], grad_accum: int, loss_fn: LossFn) -> float:
-    """Accumulate the gradient of one optimizer step over `grad_accum` micro-batches; return its mean loss."""
+def _backward(model: nn.Module, micro_batches: Iterator[list[Batch]], grad_accum: int, loss_fn: LossFn) -> float:
+    """Accumulate the gradient of one optimizer step over `grad_accum` micro-batches; return its mean loss.
+
+    A micro-batch larger than the forward-pass limit comes in chunks: each chunk's loss counts by its share of
+    the rows, so the step's gradient is the whole micro-batch's (up to token weighting inside each chunk).
+    """
     loss = 0.0
     for _ in range(grad_accum):
-        micro_loss = loss_fn(model, next(micro_batches)) / grad_accum
-        micro_loss.backward()
-        loss += micro_loss.item()
+        chunks = next(micro_batches)
+        rows = sum(_rows(chunk) for chunk in chunks)
+        for chunk in chunks:
+            chunk_loss = loss_fn(model, chunk) * (_rows(chunk) / rows / grad_accum)
+            chunk_loss.backward()
+            loss += chunk_loss.item()
     return loss
+
+
+def _rows(batch: Batch) -> int:
+    return len(next(iter(batch.values())))
 
 
 def _evaluate(model: nn.Module, eval_fn: EvalFn | None, step: int, cfg: TrainConfig, result: TrainResult) -> bool:
@@ -180,15 +191,23 @@ def _evaluate(model: nn.Module, eval_fn: EvalFn | None, step: int, cfg: TrainCon
     return False
 
 
-def _micro_batches(batches: Iterable[Batch], size: int, device: torch.device) -> Iterator[Batch]:
-    """Endless stream of at most `size`-row batches: re-iterates `batches` each epoch, splitting big ones."""
+def _micro_batches(batches: Iterable[Batch], size: int, device: torch.device) -> Iterator[list[Batch]]:
+    """Endless stream of micro-batches, one per supplied batch, re-iterating `batches` each epoch; a batch of more
+    than `size` rows comes as chunks of at most `size` rows (the forward-pass limit), still one micro-batch.
+
+    One supplied batch is never more than one micro-batch: rehearsal's mixed batches (domain rows plus the
+    protected rows added to them) must train in one step, not as a domain step and a protected-only step.
+    """
     while True:
         empty = True
         for batch in batches:
-            rows = len(next(iter(batch.values())))
-            for start in range(0, rows, size):
-                empty = False
-                yield on_device({key: value[start : start + size] for key, value in batch.items()}, device)
+            if not _rows(batch):
+                continue
+            empty = False
+            yield [
+                on_device({key: value[start : start + size] for key, value in batch.items()}, device)
+                for start in range(0, _rows(batch), size)
+            ]
         if empty:
             raise ValueError("the training batches ran out (pass a re-iterable, e.g. a list)")
 

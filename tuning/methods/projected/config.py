@@ -51,7 +51,8 @@ class ProjectedConfig(BaseModel):
     # Decoupled decay for the baselines and `also_train`; projected weights never decay (see train.py).
     weight_decay: float = Field(default=0.0, ge=0.0)
     steps: int = Field(default=100, ge=1)
-    # Most rows per forward pass: larger supplied batches are split, which bounds activation memory.
+    # Most rows per forward pass: a larger supplied batch is run in chunks (bounding activation memory) whose
+    # gradients add up to the batch's: one supplied batch is one micro-batch of an optimizer step.
     batch_size: int = Field(default=8, ge=1)
     grad_accum: int = Field(default=1, ge=1)
     grad_clip: float | None = Field(default=1.0, gt=0.0)
