@@ -297,6 +297,13 @@ def test_a_question_asked_again_says_why(runtime):
     assert "front desk" in replies[3]  # third time: offer a person
 
 
+def test_yes_book_it_before_a_room_is_chosen_says_a_detail_is_missing_and_books_nothing(runtime):
+    replies, _ = talk(runtime, ["A room for two adults from December 9 for three nights.", "Yes, book it."])
+    offer = replies[0]
+    assert "didn't catch" not in replies[1] and "just yet" in replies[1] and offer in replies[1]
+    assert runtime.tools.list_bookings() == []
+
+
 def test_book_it_right_after_the_booking_repeats_the_code_not_a_new_booking(runtime):
     booking, _, convo = book_ana(runtime)
     replies, _ = talk(runtime, ["Please book it."], conversation=convo)

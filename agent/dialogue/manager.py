@@ -61,6 +61,7 @@ class DialogueManager:
         self.existing_booking = ExistingBookingFlow(self.state)
         self._last_reply = ""
         self._repeats = 0  # how many times in a row the same reply was planned
+        self._affirmed = False  # the turn being handled said yes
 
     @property
     def reader(self) -> ReadAhead | None:
@@ -106,6 +107,7 @@ class DialogueManager:
     def handle(self, text: str) -> ReplyPlan:
         """Decide the reply to one caller turn (already cleaned and card-masked by the caller)."""
         self.state.begin_turn()
+        self._affirmed = False
         plan = self._vary_repeat(self._route(text))
         plan.tool_calls = self.state.tool_calls
         plan.disagreements = list(self.state.disagreements)
@@ -120,6 +122,9 @@ class DialogueManager:
         if not repeated or not (plan.act.startswith("ask") or plan.act in _QUESTION_ACTS):
             return plan  # an answer, a refusal or a warning asked for twice is simply given twice
         lead = "Got it." if self.state.draft_changed else "Sorry, I didn't catch that."
+        if self._affirmed and not self.state.draft_changed and plan.act != "confirm_again":
+            # "Yes, book it" before the booking is complete: say what is missing, not that nothing was heard.
+            lead = "I can't book it just yet; I still need a detail first."
         tail = ["You can also say 'front desk' to speak with a colleague."] if self._repeats >= 2 else []
         return replace(plan, sentences=[lead, *plan.sentences, *tail])
 
@@ -136,6 +141,7 @@ class DialogueManager:
                 ["I'm sorry, I can only help with the hotel: rooms, reservations and questions about your stay."],
             )
         meaning = self._with_profile_topics(text, read_turn(text))
+        self._affirmed = meaning.affirm
         if self.state.pending == "transfer_offer":
             if meaning.affirm:
                 return self._transfer()
