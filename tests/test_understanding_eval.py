@@ -262,3 +262,76 @@ def test_a_count_of_rooms_stars_money_a_time_or_the_other_slot_does_not_vouch_fo
     # "one night" is a length, not a party of one; "11:00" is a time
     state = tracker.hear("Anything else?", "Could they do just one night? We land at 11:00.")
     assert (state["number_of_days"], state["number_of_adults"]) == (1, 4)
+
+
+# --------------------------------------------------------------------------------------------- intents
+
+
+def _sgd_acts(text: str, *acts: tuple[str, str]) -> dict:
+    return {
+        "speaker": "USER",
+        "utterance": text,
+        "frames": [{"service": "Hotels_1", "actions": [{"act": a, "slot": s, "values": []} for a, s in acts]}],
+    }
+
+
+INTENT_DIALOGUE = {
+    "dialogue_id": "i_1",
+    "turns": [
+        _sgd_acts("Could you reserve me a room somewhere quiet?", ("INFORM_INTENT", "intent")),
+        _sgd_system("Sure. I found the Lakeside Lodge; shall I book it?"),
+        _sgd_acts("Yes, and how much is it?", ("AFFIRM", ""), ("REQUEST", "price")),
+        _sgd_system("It is $120 a night. Anything else?"),
+        _sgd_acts("No, thank you, goodbye.", ("NEGATE", ""), ("GOODBYE", "")),
+    ],
+}
+
+
+def test_intents_are_scored_per_intent_against_the_annotated_acts():
+    from agent.understanding.action import ActionIntent as A
+    from tuning.evaluate import intents as ev
+
+    examples = list(ev.sgd_action_examples(INTENT_DIALOGUE))
+    gold = [set(e.action.intents) for e in examples]
+    assert gold == [{A.BOOK}, {A.CONFIRM, A.QUOTE}, {A.DENY, A.CLOSE}]
+    # a reader that finds exactly the annotation, then one that misses the close and calls the first turn a question
+    perfect = iter(frozenset(g) for g in gold)
+    scores = ev.score_intents(examples, lambda agent, caller: next(perfect))
+    assert scores.exact_share == 1.0 and all(c.f1 in (1.0, None) for c in scores.per_intent.values())
+    found = iter([frozenset({A.ASK}), frozenset({A.CONFIRM, A.QUOTE}), None])
+    scores = ev.score_intents(examples, lambda agent, caller: next(found))
+    book, ask, close = (scores.per_intent[i] for i in (A.BOOK, A.ASK, A.CLOSE))
+    assert (book.false_negative, ask.false_positive, close.false_negative) == (1, 1, 1)
+    assert scores.exact == 1 and scores.failed == 1 and ask.precision == 0.0 and book.recall == 0.0
+
+
+def test_the_rules_intents_name_what_the_dialogue_manager_acts_on():
+    from agent.understanding.action import ActionIntent as A
+    from tuning.evaluate.intents import rules_intents
+
+    assert rules_intents(None, "Yes, please.") == {A.CONFIRM}
+    assert A.DENY in rules_intents(None, "No, that's all.")
+    assert A.QUOTE in rules_intents(None, "How much would two nights cost?")
+    assert A.CLOSE in rules_intents(None, "Thanks, goodbye!")
+
+
+def test_cli_intents_scores_only_what_the_annotation_can_say(tmp_path):
+    sgd = _write(tmp_path / "sgd.jsonl", INTENT_DIALOGUE)
+    scores = tmp_path / "scores.json"
+    result = CliRunner().invoke(app, ["eval", "intents", str(sgd), "--scores", str(scores)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    record = json.loads(scores.read_text())["scores"]["rules"]
+    assert record["turns"] == 3 and set(record["per_intent"]) == {"book", "ask", "quote", "confirm", "deny", "close"}
+    multiwoz = {
+        "dialogue_id": "m_2.json",
+        "turns": [{"speaker": "USER", "utterance": "Thanks, bye.", "dialog_act": {"general-bye": [["none", "none"]]}}],
+    }
+    result = CliRunner().invoke(
+        app, ["eval", "intents", str(_write(tmp_path / "m.jsonl", multiwoz)), "--scores", str(scores)]
+    )
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(scores.read_text())["scores"]["rules"]["per_intent"]) == {"book", "ask", "close"}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"turns": []}\n')
+    result = CliRunner().invoke(app, ["eval", "intents", str(bad)])
+    assert result.exit_code == 2 and "not a dialogue" in " ".join(result.output.split())

@@ -1,4 +1,5 @@
-"""`innkeeper eval understanding`: how well the agent understands annotated dialogues (SGD, MultiWOZ), per slot."""
+"""`innkeeper eval understanding` and `innkeeper eval intents`: how well the agent understands annotated dialogues
+(SGD, MultiWOZ) — the stay it tracks, per slot, and the intents it reads in each turn."""
 
 from __future__ import annotations
 
@@ -99,6 +100,60 @@ def eval_understanding(
         record = {"files": [str(f) for f in files], "model": model, "dialogues": len(dialogues), "today": today}
         record["scores"] = {name: score.as_dict() for name, score in scores.items()}
         scores_out.write_text(json.dumps(record, indent=2))
+
+
+@eval_app.command("intents")
+def eval_intents(
+    files: Annotated[list[Path], typer.Argument(help="Dialogues, one JSON per line (SGD or MultiWOZ format).")],
+    model: Annotated[
+        str, typer.Option(help="rules only; or also 'base' (the configured model) or a model directory")
+    ] = "rules",
+    scores_out: Annotated[Path | None, typer.Option("--scores", help="Write each column's scores here (JSON).")] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Only the first N caller turns (a model reads slowly).")
+    ] = None,
+) -> None:
+    """Per-intent precision / recall / F1 of the rules (and a model) against the annotated dialogue acts."""
+    from tuning.evaluate import intents as ev
+
+    if model not in ("rules", "base") and not Path(model).is_dir():
+        err_console.print(f"[red]unknown reader {model!r}: rules, base, or a model directory")
+        raise typer.Exit(2)
+    try:
+        examples, scored = ev.read_examples(files)
+    except (ValueError, OSError) as exc:
+        err_console.print(f"[red]{exc}")
+        raise typer.Exit(2) from None
+    examples = examples[:limit]
+    readers = {"rules": ev.rules_intents}
+    if model != "rules":
+        readers["model"] = ev.model_intents(_model_reader(cli_settings(), model))
+    scores = {}
+    with Progress(console=err_console, transient=True) as progress:
+        for name, read in readers.items():
+            task = progress.add_task(name, total=len(examples))
+            scores[name] = ev.score_intents(examples, read, scored, progress=lambda task=task: progress.advance(task))
+    console.print(_intent_table(model, scores))
+    if scores_out:
+        record = {"files": [str(f) for f in files], "model": model, "turns": len(examples)}
+        scores_out.write_text(json.dumps(record | {"scores": {n: s.as_dict() for n, s in scores.items()}}, indent=2))
+
+
+def _intent_table(model: str, scores: dict) -> Table:
+    """Intents by rows; per reader: precision, recall and F1 (80 columns for two readers)."""
+    first = next(iter(scores.values()))
+    table = Table("intent", title=f"{model}: {first.turns} caller turns")
+    for name in scores:
+        table.add_column(f"{name} P / R / F1")
+    for intent in first.scored:
+        cells = [scores[name].per_intent[intent] for name in scores]
+        table.add_row(intent.value, *(" / ".join(_pct(v) for v in (c.precision, c.recall, c.f1)) for c in cells))
+    table.add_row("all right", *(f"{s.exact_share:.1%} of turns" for s in scores.values()))
+    return table
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0%}"
 
 
 def _turn_row(user_turn) -> dict:
