@@ -2,16 +2,22 @@
 are recorded as ended ('interrupted', at their last logged turn) — nothing is left half-open — while calls
 another server is still taking are left alone, and every booking stays as it was. A database down for a
 whole call: the caller is answered, the call's turns wait on disk (agent.call.backlog) and reach the database
-once it answers — at the next drain or the next start-up — each turn once.
+once it answers — at the next drain or the next start-up — each turn once. A disk that fills while a call is
+recorded: the recording stops, the call does not.
 """
 
 from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
 
 from agent.call.backlog import CallBacklog, UnsavedCall, UnsavedTurn
 from agent.call.calllog import CallLog
+from agent.call.recorder import CallRecorder
 from innkeeper.core.db.database import Database
 from innkeeper.core.settings import Settings
 from innkeeper.serve.app import create_app
@@ -117,3 +123,38 @@ def test_a_backlog_restore_adds_only_missing_turns_and_survives_a_restart(tmp_pa
     assert runtime.call_log.call_summary(call_id).end_reason == "hangup"  # how it really ended, not 'interrupted'
     assert runtime.backlog.pending() == [] and (settings.home / "backlog" / "garbled.bad").exists()
     assert runtime.call_log.restore(unsaved) == 0  # a second restore (a crash before the file was deleted) adds nothing
+
+
+# ------------------------------------------------------------------------------------------ recording faults
+
+
+def full_disk_recorder(directory: Path, call_id: str = "full", **rates: int) -> CallRecorder:
+    """A recorder whose two leg files are /dev/full: every write that reaches the disk fails with ENOSPC."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for leg in ("caller", "agent"):
+        path = directory / f"{call_id}-{leg}.wav"
+        path.unlink(missing_ok=True)
+        path.symlink_to("/dev/full")
+    return CallRecorder(directory, call_id, **rates)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full to fill the disk for real")
+def test_a_full_disk_stops_the_recording_not_the_call(tmp_path):
+    recorder = full_disk_recorder(tmp_path, caller_rate=8000, agent_rate=8000)
+    second = np.zeros(8000, dtype=np.int16)
+    for at in range(5):  # five seconds of each leg: far past the file buffer, so the disk is reached
+        recorder.caller(second)
+        recorder.agent(second, at=float(at))
+    recorder.close()
+    assert set(recorder.errors) == {"caller", "agent"} and not recorder.complete
+    assert all("No space left" in why for why in recorder.errors.values()), recorder.errors
+
+
+def test_a_recording_directory_that_cannot_be_made_records_nothing_and_raises_nothing(tmp_path):
+    in_the_way = tmp_path / "calls"
+    in_the_way.write_text("a file where the directory should be")
+    recorder = CallRecorder(in_the_way, "c1", caller_rate=8000, agent_rate=8000)
+    recorder.caller(np.zeros(160, dtype=np.int16))
+    recorder.agent(np.zeros(160, dtype=np.int16), at=0.5)
+    recorder.close()
+    assert set(recorder.errors) == {"caller", "agent"} and in_the_way.read_text().startswith("a file")

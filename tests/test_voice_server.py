@@ -16,6 +16,7 @@ import time
 import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -475,3 +476,22 @@ def test_a_media_stream_our_webhook_did_not_open_is_closed_before_any_call(live_
                 ws.recv(timeout=10)
             assert ws.close_code == 1008
     assert len(live_server.runtime.call_log.search(limit=1000)) == calls_before
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full to fill the disk for real")
+def test_a_call_whose_recording_hits_a_full_disk_is_answered_and_its_record_says_so(
+    live_server, synthesizer, tmp_path, monkeypatch
+):
+    from innkeeper.serve import calls
+    from tests.test_reliability import full_disk_recorder
+
+    monkeypatch.setattr(
+        calls, "CallRecorder", lambda directory, call_id, **rates: full_disk_recorder(tmp_path, **rates)
+    )
+    lines = lines_from_text(["Do you have parking?", "Thanks, that's all."], synthesizer)
+    report = asyncio.run(place_call(f"{live_server.ws}/ws/call", lines, protocol="plain"))
+    assert all(turn.answered for turn in report.turns), [(t.text, t.answered) for t in report.turns]
+    _wait_idle(live_server)
+    call = _record(live_server, report.call_id)["call"]
+    assert set(call["meta"]["recording_error"]) == {"caller", "agent"}, call["meta"]
+    assert "No space left" in call["meta"]["recording_error"]["caller"]

@@ -269,8 +269,8 @@ async def _open_call(
         await asyncio.to_thread(
             services.runtime.call_log.set_audio,
             call_id,
-            caller_audio=str(recorder.caller_path),
-            agent_audio=str(recorder.agent_path),
+            caller_audio=None if "caller" in recorder.errors else str(recorder.caller_path),
+            agent_audio=None if "agent" in recorder.errors else str(recorder.agent_path),
         )
         if meta:
             await asyncio.to_thread(services.runtime.call_log.update_meta, call_id, **meta)
@@ -289,10 +289,12 @@ async def _end(call: VoiceCall | None, sender: WebSocketSender, services: CallSe
     if call is not None:
         try:
             await call.hang_up()
-            if call.events:
-                await asyncio.to_thread(
-                    services.runtime.call_log.update_meta, call.conversation.call_id, voice_events=call.events
-                )
+            meta: dict[str, Any] = {"voice_events": call.events} if call.events else {}
+            if call.recorder is not None and not call.recorder.complete:
+                services.metrics.errors.labels("recording").inc()
+                meta["recording_error"] = call.recorder.errors  # the call went on; its recording did not
+            if meta:
+                await asyncio.to_thread(services.runtime.call_log.update_meta, call.conversation.call_id, **meta)
             await _count(call, services)
         except Exception:  # never let one call's cleanup take the server down
             services.metrics.errors.labels("call_cleanup").inc()
