@@ -368,6 +368,30 @@ def test_an_object_store_works_through_the_same_code(remote_registry: ModelRegis
     assert not fs.exists(remote)
 
 
+def test_with_the_object_store_down_a_cached_version_still_loads_and_nothing_half_registers(
+    db: Database, artifacts: list[Path], tmp_path: Path, s3_server: dict
+) -> None:
+    url = f"s3://innkeeper-models/down-{uuid.uuid4().hex[:8]}"
+    up = ModelRegistry(db, ArtifactStore(url, **s3_server), tmp_path / "cache")
+    served = register(up, artifacts[0], ["c-1"])
+    never_fetched = register(up, artifacts[1], ["c-2"])
+    cached = up.local_artifact(served)
+    # The same bucket seen through an endpoint where nothing answers (one attempt, a short timeout).
+    refused = {**s3_server, "endpoint_url": "http://127.0.0.1:1", "config_kwargs": {"retries": {"max_attempts": 1}}}
+    down = ModelRegistry(db, ArtifactStore(url, **refused), tmp_path / "cache")
+
+    assert down.local_artifact(served) == cached and verify_artifact(cached) == []
+    with pytest.raises(RegistryError, match=f"{never_fetched.id}: cannot fetch"):
+        down.local_artifact(never_fetched)
+    before = [v.id for v in down.list()]
+    with pytest.raises(RegistryError, match="cannot store"):
+        register(down, artifacts[2], ["c-3"], run_id="night-down")
+    assert [v.id for v in down.list()] == before  # no row for an artifact the store never took
+    (cached / DELTA_FILE).write_bytes(b"damaged")  # a damaged cache is no fallback
+    with pytest.raises(RegistryError, match=served.id):
+        down.local_artifact(served)
+
+
 def test_an_artifact_name_is_never_overwritten(tmp_path: Path, artifacts: list[Path]) -> None:
     store = ArtifactStore(str(tmp_path / "store"))
     uri = store.put(artifacts[0], "v0001-x")

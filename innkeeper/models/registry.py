@@ -115,6 +115,8 @@ class ModelRegistry:
                 uri = self.store.put(artifact_dir, version_id)
             except FileExistsError:
                 continue  # a concurrent registration took this id a moment ago
+            except Exception as exc:  # the store is down or refuses: nothing is recorded, the run can retry
+                raise RegistryError(f"cannot store {artifact_dir} in {self.store.url}: {exc}") from exc
             try:
                 return self.db.transact(
                     lambda s, vid=version_id, uri=uri, now=now: insert_version(s, vid, uri, now, status, record, actor)
@@ -262,7 +264,22 @@ class ModelRegistry:
         except RegistryError as exc:
             raise RegistryError(f"{version.id}: {exc}") from None
         except Exception as exc:  # a store's errors (network, permissions) are many; the caller needs one type
+            # The store is down, but a copy fetched before whose manifest is the one registered is the same
+            # artifact (local_artifact still verifies every file): a rollback or a restart needs no network.
+            if (cached := self._verified_cache(version)) is not None:
+                log.warning("%s: artifact store unreachable (%s); using the cached copy %s", version.id, exc, cached)
+                return cached
             raise RegistryError(f"{version.id}: cannot fetch {version.artifact_uri}: {exc}") from exc
+
+    def _verified_cache(self, version: ModelVersion) -> Path | None:
+        try:
+            cached = self.store.cached_copy(version.artifact_uri, self.cache_dir)
+        except Exception:  # the URI itself is unusable: there is no cache to look in
+            return None
+        manifest = cached / MANIFEST_FILE if cached is not None else None
+        if manifest is None or not manifest.is_file() or sha256_file(manifest) != version.manifest_sha256:
+            return None
+        return cached
 
     # ---------------------------------------------------------------- helpers
 

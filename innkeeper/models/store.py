@@ -98,12 +98,22 @@ class ArtifactStore:
             raise RegistryError(f"{uri}: missing or incomplete (no {COMPLETE_MARKER} marker)")
         if isinstance(fs, LocalFileSystem):
             return Path(path)
-        target = Path(cache_dir) / f"{path.rstrip('/').rsplit('/', 1)[-1]}-{_short_hash(uri)}"
+        target = self._cache_target(path, uri, cache_dir)
         remote_manifest = hashlib.sha256(fs.cat_file(f"{path}/{MANIFEST_FILE}")).hexdigest()
         cached_manifest = target / MANIFEST_FILE
         if cached_manifest.is_file() and sha256_file(cached_manifest) == remote_manifest:
             return target
         return self._download(fs, path, target)
+
+    def cached_copy(self, uri: str, cache_dir: Path) -> Path | None:
+        """Where `fetch` keeps its local copy of a stored artifact (None for a local store, which needs none);
+        the directory may be absent or stale: verify it before use."""
+        fs, path = self._locate(uri)
+        return None if isinstance(fs, LocalFileSystem) else self._cache_target(path, uri, cache_dir)
+
+    @staticmethod
+    def _cache_target(path: str, uri: str, cache_dir: Path) -> Path:
+        return Path(cache_dir) / f"{path.rstrip('/').rsplit('/', 1)[-1]}-{_short_hash(uri)}"
 
     def remove(self, uri: str) -> None:
         """Delete a stored artifact (nothing happens if it is gone already)."""
