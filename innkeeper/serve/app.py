@@ -40,6 +40,8 @@ from innkeeper.core.settings import Settings
 from innkeeper.serve.admin import ModelAdmin, install_admin
 from innkeeper.serve.auth import require
 from innkeeper.serve.calls import CallServices, serve_plain, serve_twilio
+from innkeeper.serve.live import LiveFeed
+from innkeeper.serve.live_bridge import LiveBridge, conninfo
 from innkeeper.serve.runtime import AgentRuntime
 from innkeeper.serve.speech import load_speech_models
 from innkeeper.serve.web import install_web
@@ -87,7 +89,10 @@ def create_app(
         app.state.services.metrics.watch_speech(speech)
         log.info("innkeeper ready: model %s", agent.llm.version if agent.llm else "templates only")
         poller = admin.start_polling()
+        bridge = _live_bridge(settings, app.state.services.live)
         yield
+        if bridge is not None:
+            await bridge.stop()
         if poller is not None:
             poller.cancel()
         backlog.cancel()
@@ -166,6 +171,16 @@ def create_app(
         return await _call_record(services, call_id)
 
     return app
+
+
+def _live_bridge(settings: Settings, feed: LiveFeed) -> LiveBridge | None:
+    """On a shared PostgreSQL database, this worker's live page shows the other workers' calls too."""
+    info = conninfo(settings.db_url)
+    if info is None:
+        return None
+    bridge = LiveBridge(feed, info, settings.server_id)
+    bridge.start()
+    return bridge
 
 
 async def _write_backlog(runtime: AgentRuntime) -> None:

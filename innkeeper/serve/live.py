@@ -2,7 +2,8 @@
 
 `WatchedTransport` wraps a call's transport (Twilio or plain) and tells the `LiveFeed` what the voice loop
 sends through it; the feed fans events out to each subscribed page (server-sent events, `/live/events`).
-A slow page loses events rather than slowing a call: each subscriber has a bounded queue.
+A slow page loses events rather than slowing a call: each subscriber has a bounded queue. With several
+workers, `innkeeper.serve.live_bridge` relays each worker's events to the others' feeds (`relay`, `receive`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -30,9 +31,28 @@ class LiveFeed:
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
         self.dropped = 0  # events a slow page did not get
+        self.relay: Callable[[dict[str, Any]], None] | None = None  # to the other workers (never blocks)
+        self.remote_calls: set[str] = set()  # calls live on other workers, as their events tell
 
     def publish(self, call_id: str, kind: str, **fields: Any) -> None:
+        """An event of a call on this worker: to this worker's pages, and relayed to the other workers."""
         event = {"call_id": call_id, "type": kind, "at": time.time(), **fields}
+        self._fan_out(event)
+        if self.relay is not None:
+            self.relay(event)
+
+    def receive(self, event: dict[str, Any]) -> None:
+        """An event of a call on another worker (from the bridge): to this worker's pages only."""
+        if not isinstance(event.get("call_id"), str) or not isinstance(event.get("type"), str):
+            return
+        if event["type"] == "call_started":
+            self.remote_calls.add(event["call_id"])
+        self._fan_out(event)
+        if event["type"] == "call_ended":
+            self.remote_calls.discard(event["call_id"])
+            self.forget(event["call_id"])
+
+    def _fan_out(self, event: dict[str, Any]) -> None:
         self._recent.append(event)
         for queue in self._subscribers:
             try:
@@ -50,6 +70,7 @@ class LiveFeed:
     async def subscribe(self, live_calls: set[str]) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
         """A queue that starts with the recent events of the calls still live, then follows new ones."""
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(SUBSCRIBER_QUEUE)
+        live_calls = live_calls | self.remote_calls
         for event in self._recent:
             if event["call_id"] in live_calls and not queue.full():
                 queue.put_nowait(event)

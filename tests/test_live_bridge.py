@@ -1,0 +1,85 @@
+"""The live feed across workers on a shared PostgreSQL database: a call on one worker shows on another worker's
+live page (LISTEN/NOTIFY), each event once; a database that is down never reaches the call path."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+
+from innkeeper.serve.live import LiveFeed
+from innkeeper.serve.live_bridge import MAX_PAYLOAD, LiveBridge, _payload, conninfo
+
+
+async def _next(queue: asyncio.Queue, timeout: float = 10.0) -> dict:
+    return await asyncio.wait_for(queue.get(), timeout)
+
+
+@pytest.mark.postgres
+def test_a_call_on_one_worker_is_live_on_the_others_page(postgres_url):
+    info = conninfo(postgres_url)
+    assert info is not None and info.startswith("postgresql://")
+    call_id = f"call-{uuid.uuid4().hex[:8]}"
+
+    async def run() -> tuple[list[dict], list[dict], list[dict], set[str]]:
+        here, there = LiveFeed(), LiveFeed()
+        bridges = [LiveBridge(here, info, "w1"), LiveBridge(there, info, "w2")]
+        for bridge in bridges:
+            bridge.start()
+        try:
+            await asyncio.gather(*(asyncio.wait_for(b.listening.wait(), 10) for b in bridges))
+            async with here.subscribe(set()) as own_page, there.subscribe(set()) as other_page:
+                here.publish(call_id, "call_started", channel="twilio", caller="+15550100")
+                here.publish(call_id, "transcript", role="caller", text="Do you have parking?", final=True)
+                seen_there = [await _next(other_page) for _ in range(2)]
+                remote_while_live = set(there.remote_calls)
+                # a page opened mid-call on the other worker sees the call from its start
+                async with there.subscribe(set()) as late_page:
+                    replayed = [await _next(late_page) for _ in range(2)]
+                here.publish(call_id, "call_ended")
+                seen_there.append(await _next(other_page))
+                own = [await _next(own_page) for _ in range(3)]
+                await asyncio.sleep(0.5)  # anything echoed back would have arrived by now
+                assert own_page.empty() and other_page.empty()
+            return seen_there, replayed, own, remote_while_live
+        finally:
+            for bridge in bridges:
+                await bridge.stop()
+
+    seen_there, replayed, own, remote_while_live = asyncio.run(run())
+    assert [e["type"] for e in seen_there] == ["call_started", "transcript", "call_ended"]
+    assert all(e["call_id"] == call_id and "origin" not in e for e in seen_there)
+    assert seen_there[1]["text"] == "Do you have parking?"
+    assert [e["type"] for e in replayed] == ["call_started", "transcript"]
+    assert remote_while_live == {call_id}
+    assert [e["type"] for e in own] == ["call_started", "transcript", "call_ended"]  # once, not echoed
+
+
+def test_a_database_that_is_down_leaves_the_local_feed_working():
+    async def run() -> tuple[list[dict], bool]:
+        feed = LiveFeed()
+        bridge = LiveBridge(feed, "postgresql://innkeeper@127.0.0.1:1/innkeeper", "w1")
+        bridge.start()
+        try:
+            async with feed.subscribe(set()) as page:
+                feed.publish("c1", "call_started")
+                feed.publish("c1", "transcript", role="agent", text="Hello", final=True)
+                events = [await _next(page, 2.0) for _ in range(2)]
+            await asyncio.sleep(0.2)
+            return events, bridge.listening.is_set()
+        finally:
+            await bridge.stop()
+
+    events, listening = asyncio.run(run())
+    assert [e["type"] for e in events] == ["call_started", "transcript"] and not listening
+
+
+def test_only_postgresql_gets_a_bridge_and_a_long_line_fits_a_notification():
+    assert conninfo("sqlite:///tmp/innkeeper.db") is None
+    event = {"call_id": "c1", "type": "transcript", "role": "caller", "text": "é" * 6000, "final": True}
+    payload = _payload(event, "w1")
+    assert len(payload.encode()) <= MAX_PAYLOAD
+    decoded = json.loads(payload)
+    assert decoded["origin"] == "w1" and decoded["text"].endswith("…") and decoded["call_id"] == "c1"
