@@ -444,6 +444,45 @@ def test_the_models_reading_is_used_where_it_validates_and_disagreements_are_log
     assert [t.model_version for t in turns] == ["template", "reader@1"]
 
 
+def test_the_models_yes_books_where_the_rules_hear_none_and_a_goodbye_ends_a_booking(runtime):
+    from agent.understanding.action import ActionIntent, TurnAction
+
+    said = {"Sounds perfect, lock it in.": ActionIntent.CONFIRM, "I think I am all set.": ActionIntent.CLOSE}
+
+    def reader(agent_text, caller_text):  # the model reads the two phrasings the rules have no word for
+        return TurnAction(intents=[said[caller_text]]) if caller_text in said else None
+
+    convo = runtime.new_conversation()
+    convo.dialogue.reader = reader
+    replies, convo = talk(runtime, (*BOOKING_SCRIPT[:-1], "Sounds perfect, lock it in."), convo)
+    assert "Shall I book it?" in replies[-2] and "confirmation code" in replies[-1], replies[-2:]
+    assert len(runtime.tools.list_bookings()) == 1
+
+    second = runtime.new_conversation()
+    second.dialogue.reader = reader
+    replies, _ = talk(runtime, ("I need a room December 7 for 2 nights", "I think I am all set."), second)
+    assert "nothing has been booked" in replies[-1] and "Goodbye" in replies[-1]
+    assert len(runtime.tools.list_bookings()) == 1
+
+
+def test_the_rules_yes_stands_against_the_models_no_and_the_turn_is_flagged(runtime, db):
+    from agent.understanding.action import ActionIntent, TurnAction
+
+    def reader(agent_text, caller_text):  # a model that misreads the caller's clear yes
+        return TurnAction(intents=[ActionIntent.DENY]) if caller_text == BOOKING_SCRIPT[-1] else None
+
+    convo = runtime.new_conversation()
+    convo.dialogue.reader = reader
+    convo._model_source = lambda: SilentModel()
+    replies, convo = talk(runtime, BOOKING_SCRIPT, convo)
+    assert "confirmation code" in replies[-1] and len(runtime.tools.list_bookings()) == 1
+    asyncio.run(convo.close())
+    with db.session() as s:
+        last = s.scalars(select(Turn).where(Turn.call_id == convo.call_id, Turn.role == "agent").order_by(Turn.index))
+        meta = next(c["meta"] for c in last.all()[-1].tool_calls if "meta" in c)
+    assert meta["disagreements"] == ["affirm"]
+
+
 def test_a_count_or_date_the_caller_never_said_is_not_taken_from_the_model(runtime):
     from agent.understanding.action import ActionSlots, TurnAction
 

@@ -29,6 +29,7 @@ from agent.dialogue.tools import HotelTools
 from agent.understanding.action import TurnAction
 from agent.understanding.dates import StayDates, parse_guest_count, parse_stay
 from agent.understanding.intents import TOPIC_WORDS, Intent, TurnMeaning, read_turn
+from agent.understanding.merge import with_model_intents
 from innkeeper.core.hotel import HotelProfile
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class DialogueManager:
         self._last_reply = ""
         self._repeats = 0  # how many times in a row the same reply was planned
         self._affirmed = False  # the turn being handled said yes
+        self._action: TurnAction | None = None  # the model's reading of the turn being handled
 
     @property
     def reader(self) -> ReadAhead | None:
@@ -107,7 +109,7 @@ class DialogueManager:
     def handle(self, text: str) -> ReplyPlan:
         """Decide the reply to one caller turn (already cleaned and card-masked by the caller)."""
         self.state.begin_turn()
-        self._affirmed = False
+        self._affirmed, self._action = False, None
         plan = self._vary_repeat(self._route(text))
         plan.tool_calls = self.state.tool_calls
         plan.disagreements = list(self.state.disagreements)
@@ -141,6 +143,10 @@ class DialogueManager:
                 ["I'm sorry, I can only help with the hotel: rooms, reservations and questions about your stay."],
             )
         meaning = self._with_profile_topics(text, read_turn(text))
+        self._action = self._read(text)
+        if self._action is not None:
+            meaning, differ = with_model_intents(meaning, self._action)
+            self.state.disagreements += differ
         self._affirmed = meaning.affirm
         if self.state.pending == "transfer_offer":
             if meaning.affirm:
@@ -179,7 +185,7 @@ class DialogueManager:
         existing = meaning.intents & {Intent.CANCEL, Intent.MODIFY, Intent.LOOKUP}
         if existing and state.stage is Stage.OPEN:
             return self.existing_booking.start(text, meaning)
-        changed = self.new_booking.fill_draft(text, meaning, self._read(text))
+        changed = self.new_booking.fill_draft(text, meaning, self._action)
         if self._echoes_the_booking(text, meaning, changed):
             code = state.booked.code  # type: ignore[union-attr]
             return ReplyPlan(

@@ -93,7 +93,7 @@ class NewBookingFlow:
         ruled = {"check_in": rules.check_in, "check_out": rules.check_out, "nights": rules.nights}
         first, second = (model, ruled) if self.state.trust == "model" else (ruled, model)
         chosen = {k: first[k] if first[k] is not None else second[k] for k in ruled}
-        self.state.disagreements = [k for k in ruled if None not in (model[k], ruled[k]) and model[k] != ruled[k]]
+        self.state.disagreements += [k for k in ruled if None not in (model[k], ruled[k]) and model[k] != ruled[k]]
         adults = _said_count(slots.adults, text, _ONE_GUEST, _COUNTS_NIGHTS)
         model_guests = (adults + (slots.children or 0)) if adults else None
         if model_guests and rules_guests and model_guests != rules_guests:
