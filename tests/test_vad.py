@@ -142,6 +142,20 @@ def test_end_and_early_end_fire_at_the_configured_silence() -> None:
     assert np.array_equal(early.audio, end.audio) and early.audio_start == end.audio_start
 
 
+def test_a_turn_ended_at_its_early_pause_is_the_turn_the_silence_would_have_ended() -> None:
+    endpointer = scripted()
+    assert endpointer.end_now() is None  # no turn open
+    events = push_in_chunks(endpointer, script((0.0, 20), (0.9, 40)), 320)
+    assert kinds(events) == [START] and endpointer.end_now() is None  # open, but no pause yet
+    early = push_in_chunks(endpointer, script((0.0, 8)), 320)  # 256 ms: past early_silence_ms (and post-roll)
+    assert kinds(early) == [EARLY]
+    end = endpointer.end_now()
+    assert isinstance(end, End) and np.array_equal(end.audio, early[0].audio) and end.silence_ms == 256
+    assert not endpointer.in_speech and endpointer.end_now() is None
+    # the rest of the silence ends nothing more; the next speech opens a new turn
+    assert kinds(push_in_chunks(endpointer, script((0.0, 30), (0.9, 5), (0.0, 30)), 320)) == [START, EARLY, END]
+
+
 def test_state_between_start_and_end() -> None:
     endpointer = scripted()
     endpointer.push(script((0.0, 20), (0.9, 10)))
@@ -354,3 +368,25 @@ def test_chunk_size_does_not_change_the_events(say: Callable[[str], Audio]) -> N
     odd = push_in_chunks(Endpointer(), audio, [1, 77, 512, 999, 4000])
     assert len(by_20ms) >= 5
     assert [summary(e) for e in by_20ms] == [summary(e) for e in by_1s] == [summary(e) for e in odd]
+
+
+@pytest.mark.parametrize(
+    ("words", "finished"),
+    [
+        ("Two adults.", True),
+        ("Do you have parking?", True),
+        ("Yes, please book it!", True),
+        ("I'd like to book the deluxe king and", False),
+        ("I'd like to book the, um.", False),  # a filler ends it, whatever Whisper's full stop says
+        ("For the.", False),
+        ("So I was thinking...", False),  # trailing off
+        ("My number is 617-555.", False),  # numbers come in groups: the silence decides
+        ("December 7.", False),
+        ("", False),
+        ("okay", False),  # no sentence end heard
+    ],
+)
+def test_words_that_sound_finished(words: str, finished: bool) -> None:
+    from agent.speech.turn_end import sounds_finished
+
+    assert sounds_finished(words) is finished

@@ -28,6 +28,7 @@ from agent.call.playback import Playback, Segment, speakable_pieces
 from agent.call.recorder import CallRecorder
 from agent.call.voice_config import CallTransport, SpeechModels
 from agent.speech.asr import Transcript
+from agent.speech.turn_end import sounds_finished
 from agent.speech.vad import Endpointer, Event, EventKind
 from telephony.codec import float32_to_pcm16
 from telephony.framing import frames_of
@@ -251,7 +252,21 @@ class VoiceCall:
         transcript = await self._transcribe(audio)
         if transcript.text and self.config.read_ahead and not self._agent_busy():
             self.conversation.anticipate(transcript.text)
+        # Words that are a whole turn end it now rather than after the rest of the endpoint silence.
+        if self._ends_on_these_words(transcript.text) and (end := self.endpointer.end_now()) is not None:
+            self._on_vad_event(end)
         return transcript
+
+    def _ends_on_these_words(self, text: str) -> bool:
+        """The pause's words sound finished, nothing was said since (no Resumed), and the agent is quiet."""
+        utterance = self._utterance
+        return (
+            self.config.end_on_finished_words
+            and utterance is not None
+            and utterance.early is asyncio.current_task()
+            and not self._agent_busy()
+            and sounds_finished(text)
+        )
 
     async def _log_last_words(self, text: str) -> None:
         """Caller words the hang-up left without a reply: a turn of the call all the same."""

@@ -36,6 +36,9 @@ class VoiceConfig:
     partial_every_ms: int | None = 1200  # partial transcripts while the caller speaks (None = off)
     ack_wait_ms: int = 400  # after a barge-in, how long to wait for the client's playback report
     read_ahead: bool = True  # where the model reads turns, start on the words of the caller's first pause
+    # End the turn at the first pause when its words sound finished (`agent.speech.turn_end`), not after the
+    # whole endpoint silence: the caller's wait shrinks by the difference.
+    end_on_finished_words: bool = True
 
 
 @dataclass

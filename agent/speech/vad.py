@@ -400,6 +400,13 @@ class Endpointer:
             events.append(EarlyEnd(self._position, audio, begin, self._speech_end))
         return events
 
+    def end_now(self) -> End | None:
+        """End the open turn at once, after an EarlyEnd that no speech has followed (the words sound finished):
+        the End the endpoint silence would give later, with the same audio. None when there is no such pause."""
+        if self._start is None or not self._early_sent:
+            return None
+        return self._end(max_length=False)
+
     def _end(self, *, max_length: bool) -> End:
         assert self._start is not None
         begin, end = self._utterance_bounds()

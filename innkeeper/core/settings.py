@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     early_silence_ms: int = Field(
         default=192, description="A shorter pause that starts speech recognition speculatively."
     )
+    end_on_finished_words: bool = Field(
+        default=True,
+        description="End a caller's turn at the first pause (early_silence_ms) when its words sound finished — "
+        "a sentence not ending on 'and', 'um' or a number — instead of after endpoint_silence_ms.",
+    )
     read_ahead: bool = Field(
         default=True,
         description="Where the model reads turns: start reading the caller's words at their first pause, "

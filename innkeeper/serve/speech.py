@@ -47,6 +47,7 @@ def voice_config(settings: Settings) -> VoiceConfig:
         barge_in_min_speech_ms=settings.barge_in_min_speech_ms,
         partial_every_ms=settings.partial_transcripts_ms,
         read_ahead=settings.read_ahead,
+        end_on_finished_words=settings.end_on_finished_words,
     )
 
 
