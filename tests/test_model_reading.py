@@ -6,6 +6,7 @@ call starts the reading at the caller's first pause (`ReadAhead`).
 """
 
 import threading
+import time
 
 import pytest
 
@@ -72,3 +73,69 @@ def test_a_turn_read_ahead_is_taken_when_its_words_are_final_and_dropped_when_th
     assert ahead(None, "A room for two nights.") is None and ahead.hits == 1
     assert (threading.current_thread().name, "A room for two nights.") in calls
     ahead.close()
+
+
+# ------------------------------------------------------------------------ the calls' shared model queue
+
+
+def _blocked_queue(**options):
+    """A one-worker queue whose worker is held on a first job until the returned event is set."""
+    from agent.dialogue.model_queue import ModelQueue
+
+    queue, release, started = ModelQueue(**options), threading.Event(), threading.Event()
+    queue.submit(lambda: started.set() or release.wait(5), waited_on=True)
+    assert started.wait(5)
+    return queue, release
+
+
+def test_a_turn_a_caller_waits_on_goes_before_every_guess_and_a_guess_is_hurried_when_its_turn_ends():
+    queue, release = _blocked_queue()
+    order: list[str] = []
+    jobs = {name: (lambda name=name: order.append(name) or name) for name in ("guess-1", "guess-2", "final", "late")}
+    futures = [queue.submit(jobs[n], waited_on=n in ("final",)) for n in ("guess-1", "guess-2", "final")]
+    futures.append(queue.submit(jobs["late"], waited_on=False))
+    queue.hurry(futures[1])  # guess-2's turn ended: its caller waits now
+    release.set()
+    assert [f.result(5) for f in futures] == ["guess-1", "guess-2", "final", "late"]
+    assert order == ["final", "guess-2", "guess-1", "late"]
+
+
+def test_guesses_past_the_bound_are_dropped_oldest_first_and_a_failure_reaches_its_caller():
+    queue, release = _blocked_queue(max_guesses=2)
+    guesses = [queue.submit(lambda i=i: i, waited_on=False) for i in range(3)]
+
+    def broken():
+        raise RuntimeError("model failed")
+
+    failing = queue.submit(broken, waited_on=True)
+    release.set()
+    assert guesses[0].cancelled() and queue.dropped == 1
+    assert [g.result(5) for g in guesses[1:]] == [1, 2]
+    with pytest.raises(RuntimeError, match="model failed"):
+        failing.result(5)
+    assert queue.submit(lambda: "still working", waited_on=True).result(5) == "still working"
+
+
+def test_calls_sharing_a_queue_read_a_finished_turn_before_another_calls_guess():
+    from agent.dialogue.model_queue import ModelQueue
+
+    order: list[str] = []
+    queue = ModelQueue()
+
+    def read(agent_text, caller_text):
+        order.append(caller_text)
+        return None
+
+    first, second = ReadAhead(read, queue), ReadAhead(read, queue)
+    hold = threading.Event()
+    queue.submit(lambda: hold.wait(5), waited_on=True)  # the model is busy with some other turn
+    second.prefetch(None, "A guess at the second call's words")
+    answer = threading.Thread(target=lambda: first(None, "The first caller has finished."))
+    answer.start()
+    time.sleep(0.2)  # the first call's turn is queued behind the busy model, as a waited-on turn
+    hold.set()
+    answer.join(5)
+    assert second(None, "A guess at the second call's words") is None and second.hits == 1
+    assert order == ["The first caller has finished.", "A guess at the second call's words"]
+    first.close()
+    second.close()

@@ -26,6 +26,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from agent.call.voice_config import SpeechModels
+from agent.dialogue.read_ahead import ReadAhead
 from innkeeper.core.settings import Settings
 from innkeeper.serve.app import create_app
 from innkeeper.serve.runtime import AgentRuntime
@@ -380,6 +381,16 @@ def test_the_model_starts_reading_a_turn_at_the_callers_first_pause(tmp_path, sp
         return None  # the rules read the turn
 
     monkeypatch.setattr(AgentRuntime, "_read_with_serving_model", reader)
+    taken_ahead: list[bool] = []  # per final turn: was its reading the one started at the pause?
+    final_reading = ReadAhead.__call__
+
+    def counting(self, agent_text, caller_text):
+        hits = self.hits
+        action = final_reading(self, agent_text, caller_text)
+        taken_ahead.append(self.hits > hits)
+        return action
+
+    monkeypatch.setattr(ReadAhead, "__call__", counting)
     settings = Settings(home=tmp_path, today="2026-11-26", llm_model="none", model_understanding=True)
     runtime = AgentRuntime.from_settings(settings, use_llm=False)
     app = create_app(settings, runtime=runtime, models=speech_models)
@@ -387,9 +398,11 @@ def test_the_model_starts_reading_a_turn_at_the_callers_first_pause(tmp_path, sp
     with serving(app) as host:
         report = asyncio.run(place_call(f"ws://{host}/ws/call", lines, protocol="plain"))
     assert all(turn.answered for turn in report.turns), report.turns
-    # every reading ran in the call's read-ahead thread, none after a turn had ended; each final turn was read
-    # once (a pause mid-sentence, "Thanks, ...", adds a guess for the words so far, dropped when they go on)
-    assert all(thread.startswith("read-ahead") for thread, _, _ in readings), readings
+    # every reading ran in the server's model queue, each final turn's reading was the one started at its
+    # pause, and each final turn was read once (a pause mid-sentence, "Thanks, ...", adds a guess for the
+    # words so far, dropped when they go on)
+    assert all(thread.startswith("model-work") for thread, _, _ in readings), readings
+    assert taken_ahead and all(taken_ahead), taken_ahead
     [call] = runtime.call_log.search()
     heard = [t.text for t in runtime.call_log.transcript(call.id) if t.role == "caller"]
     assert len(heard) == len(lines) and all([text for _, text, _ in readings].count(h) == 1 for h in heard), (

@@ -25,6 +25,7 @@ from agent.call.backlog import CallBacklog, UnsavedCall, UnsavedTurn
 from agent.call.calllog import CallLog
 from agent.call.turns import TurnsInProgress
 from agent.dialogue.manager import DialogueManager, Reader
+from agent.dialogue.model_queue import ModelQueue
 from agent.dialogue.policy import CleanInput, InputProblem, clean_utterance
 from agent.dialogue.state import ReplyPlan, Stage, mask_turn
 from agent.dialogue.tools import HotelTools
@@ -89,6 +90,7 @@ class Conversation:
         turns: TurnsInProgress | None = None,
         reader: Reader | None = None,
         trust: str = "model",
+        model_queue: ModelQueue | None = None,
         call_meta: dict[str, Any] | None = None,
         backlog: CallBacklog | None = None,
     ):
@@ -112,7 +114,9 @@ class Conversation:
         # Chosen up front so that audio files and transport ids can name the call even while the
         # database is unreachable; the record is written under this id when it comes back.
         self.planned_call_id = str(uuid.uuid4())
-        self.dialogue = DialogueManager(tools=tools, hotel=hotel, today=today, call_id=None, reader=reader, trust=trust)
+        self.dialogue = DialogueManager(
+            tools=tools, hotel=hotel, today=today, call_id=None, reader=reader, trust=trust, model_queue=model_queue
+        )
         self.writer = ReplyWriter(
             hotel,
             llm,

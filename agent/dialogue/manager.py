@@ -21,6 +21,7 @@ from datetime import date
 
 from agent.dialogue import policy
 from agent.dialogue.existing_booking import ExistingBookingFlow
+from agent.dialogue.model_queue import ModelQueue
 from agent.dialogue.new_booking import NewBookingFlow
 from agent.dialogue.read_ahead import ReadAhead, Reader
 from agent.dialogue.spoken import say_money, spell
@@ -55,8 +56,10 @@ class DialogueManager:
         call_id: str | None,
         reader: Reader | None = None,
         trust: str = "model",
+        model_queue: ModelQueue | None = None,
     ):
         self.state = DialogueState(tools=tools, hotel=hotel, today=today, call_id=call_id, trust=trust)
+        self._model_queue = model_queue  # shared by a server's calls: waited-on turns first
         self.reader = reader
         self.new_booking = NewBookingFlow(self.state)
         self.existing_booking = ExistingBookingFlow(self.state)
@@ -73,7 +76,7 @@ class DialogueManager:
 
     @reader.setter
     def reader(self, read: Reader | None) -> None:
-        self._reader = ReadAhead(read) if read is not None else None
+        self._reader = ReadAhead(read, self._model_queue) if read is not None else None
 
     # The call's settings live in the shared state, where the flows read them; these keep the manager's face.
     @property

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 from agent.call.backlog import CallBacklog
 from agent.call.calllog import CallLog
 from agent.call.conversation import DB_ERRORS, Conversation
+from agent.dialogue.model_queue import ModelQueue
 from agent.dialogue.tools import HotelTools
 from agent.reply.wording import TextStreamer
 from innkeeper.core.db.database import Database
@@ -61,6 +62,8 @@ class AgentRuntime:
         self.backlog = CallBacklog(settings.home / "backlog", self.call_log)
         self.slot = ModelSlot(llm)
         self._reader: ModelReader | None = None
+        # Every call's model readings, one at a time, a turn a caller waits on before any read-ahead guess.
+        self.model_queue = ModelQueue(workers=1)
 
     @property
     def hotel(self) -> HotelProfile:
@@ -102,6 +105,7 @@ class AgentRuntime:
             first_sentence_budget_s=self._first_sentence_budget_s(voice=channel in VOICE_CHANNELS),
             turns=self.slot.turns,
             reader=self._read_with_serving_model if self.settings.model_understanding else None,
+            model_queue=self.model_queue,
             trust=self.settings.model_understanding_trust,
             call_meta={"server": self.settings.server_id},
             backlog=self.backlog,
