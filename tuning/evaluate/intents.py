@@ -9,7 +9,6 @@ share of turns whose whole set of scored intents is right. Two readings are comp
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 from agent.understanding.action import ActionIntent, TurnAction
 from agent.understanding.intents import Intent, read_turn
 from tuning.data.actions import ActionExample, multiwoz_action_examples, sgd_action_examples
+from tuning.evaluate.understanding import json_lines
 
 # What the annotations say reliably: "other" and "transfer" are rare or absent there, modify/cancel too.
 SGD_SCORED = (
@@ -70,18 +70,10 @@ def read_examples(paths: Iterable[Path]) -> tuple[list[ActionExample], tuple[Act
     and the intents those annotations can score (MultiWOZ's three wherever a MultiWOZ dialogue is among them)."""
     examples: list[ActionExample] = []
     scored = SGD_SCORED
-    for path in paths:
-        with Path(path).open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    dialogue = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
-                multiwoz = _is_multiwoz(dialogue, f"{path}:{number}")
-                scored = MULTIWOZ_SCORED if multiwoz else scored
-                examples += (multiwoz_action_examples if multiwoz else sgd_action_examples)(dialogue)
+    for where, dialogue in json_lines(paths):
+        multiwoz = _is_multiwoz(dialogue, where)
+        scored = MULTIWOZ_SCORED if multiwoz else scored
+        examples += (multiwoz_action_examples if multiwoz else sgd_action_examples)(dialogue)
     return examples, scored
 
 

@@ -71,18 +71,21 @@ class Dialogue:
 
 def read_dialogues(paths: Iterable[Path]) -> list[Dialogue]:
     """Every dialogue in the JSONL files, in file order; the format is recognised per dialogue."""
-    dialogues = []
+    return [parse_dialogue(raw, where=where) for where, raw in json_lines(paths)]
+
+
+def json_lines(paths: Iterable[Path]) -> Iterator[tuple[str, Any]]:
+    """(where: "file:line", the parsed line) for each non-blank line of the JSONL files; ValueError naming the
+    line that is not JSON."""
     for path in paths:
         with Path(path).open(encoding="utf-8") as lines:
             for number, line in enumerate(lines, 1):
                 if not line.strip():
                     continue
                 try:
-                    raw = json.loads(line)
+                    yield f"{path}:{number}", json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"{path}:{number}: not a JSON line ({exc.msg})") from None
-                dialogues.append(parse_dialogue(raw, where=f"{path}:{number}"))
-    return dialogues
 
 
 def parse_dialogue(raw: dict[str, Any], *, where: str = "") -> Dialogue:
