@@ -83,3 +83,38 @@ def test_only_postgresql_gets_a_bridge_and_a_long_line_fits_a_notification():
     assert len(payload.encode()) <= MAX_PAYLOAD
     decoded = json.loads(payload)
     assert decoded["origin"] == "w1" and decoded["text"].endswith("…") and decoded["call_id"] == "c1"
+
+
+@pytest.mark.postgres
+def test_staff_on_one_worker_take_over_a_call_another_worker_holds(postgres_url):
+    info = conninfo(postgres_url)
+    call_id = f"call-{uuid.uuid4().hex[:8]}"
+
+    async def run() -> tuple[bool, list[tuple[str, str]], bool]:
+        handed: list[tuple[str, str]] = []
+        done = asyncio.Event()
+
+        def take_over(held: str, reason: str) -> bool:
+            handed.append((held, reason))
+            done.set()
+            return True
+
+        holder, other = LiveFeed(), LiveFeed()
+        bridges = [LiveBridge(holder, info, "w1", take_over=take_over), LiveBridge(other, info, "w2")]
+        for bridge in bridges:
+            bridge.start()
+        try:
+            await asyncio.gather(*(asyncio.wait_for(b.listening.wait(), 10) for b in bridges))
+            unknown = bridges[1].ask_to_take_over(call_id, "too early")  # not live anywhere yet
+            async with other.subscribe(set()) as page:
+                holder.publish(call_id, "call_started", channel="twilio", caller="")
+                await _next(page)
+            asked = bridges[1].ask_to_take_over(call_id, "taken over by dana")
+            await asyncio.wait_for(done.wait(), 10)
+            return unknown, handed, asked
+        finally:
+            for bridge in bridges:
+                await bridge.stop()
+
+    unknown, handed, asked = asyncio.run(run())
+    assert not unknown and asked and handed == [(call_id, "taken over by dana")]

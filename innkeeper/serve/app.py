@@ -40,7 +40,6 @@ from innkeeper.core.settings import Settings
 from innkeeper.serve.admin import ModelAdmin, install_admin
 from innkeeper.serve.auth import require
 from innkeeper.serve.calls import CallServices, serve_plain, serve_twilio
-from innkeeper.serve.live import LiveFeed
 from innkeeper.serve.live_bridge import LiveBridge, conninfo
 from innkeeper.serve.runtime import AgentRuntime
 from innkeeper.serve.speech import load_speech_models
@@ -89,7 +88,7 @@ def create_app(
         app.state.services.metrics.watch_speech(speech)
         log.info("innkeeper ready: model %s", agent.llm.version if agent.llm else "templates only")
         poller = admin.start_polling()
-        bridge = _live_bridge(settings, app.state.services.live)
+        bridge = app.state.live_bridge = _live_bridge(settings, app.state.services)
         yield
         if bridge is not None:
             await bridge.stop()
@@ -102,6 +101,7 @@ def create_app(
     app = FastAPI(title="Innkeeper", lifespan=lifespan)
     app.state.settings = settings
     app.state.training_view = training_view
+    app.state.live_bridge = None  # set at start-up on a shared PostgreSQL database
     install_admin(app, settings)
     install_web(app, settings)
 
@@ -173,12 +173,18 @@ def create_app(
     return app
 
 
-def _live_bridge(settings: Settings, feed: LiveFeed) -> LiveBridge | None:
-    """On a shared PostgreSQL database, this worker's live page shows the other workers' calls too."""
+def _live_bridge(settings: Settings, services: CallServices) -> LiveBridge | None:
+    """On a shared PostgreSQL database, this worker's live page shows the other workers' calls too, and staff
+    can take over a call from any worker's page."""
     info = conninfo(settings.db_url)
     if info is None:
         return None
-    bridge = LiveBridge(feed, info, settings.server_id)
+
+    def take_over(call_id: str, reason: str) -> bool:
+        call = services.active.get(call_id)
+        return call is not None and call.hand_over(reason)
+
+    bridge = LiveBridge(services.live, info, settings.server_id, take_over=take_over)
     bridge.start()
     return bridge
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -22,6 +23,7 @@ from innkeeper.serve.live import LiveFeed
 log = logging.getLogger(__name__)
 
 CHANNEL = "innkeeper_live"
+TAKE_OVER = "take_over"  # a command between workers, not an event for the pages
 OUTBOX = 1000
 MAX_PAYLOAD = 7900  # NOTIFY payloads stop at 8000 bytes: a longer line is cut, never the event
 RETRY_S = 5.0
@@ -38,8 +40,12 @@ def conninfo(database_url: str) -> str | None:
 class LiveBridge:
     """Relays one worker's live events to the others through PostgreSQL, and theirs into its feed."""
 
-    def __init__(self, feed: LiveFeed, conninfo: str, origin: str) -> None:
+    def __init__(
+        self, feed: LiveFeed, conninfo: str, origin: str, take_over: Callable[[str, str], bool] | None = None
+    ) -> None:
+        """`take_over(call_id, reason)`: hand a call this worker holds to staff (asked by another worker's page)."""
         self.feed, self.conninfo, self.origin = feed, conninfo, origin
+        self.take_over = take_over
         self._outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(OUTBOX)
         self._tasks: list[asyncio.Task[None]] = []
         self.dropped = 0  # events not relayed: the outbox was full
@@ -82,9 +88,21 @@ class LiveBridge:
             async for notice in conn.notifies():
                 with contextlib.suppress(ValueError, TypeError):
                     event = json.loads(notice.payload)
-                    if event.pop("origin", None) != self.origin:
-                        self.received += 1
-                        self.feed.receive(event)
+                    if event.pop("origin", None) == self.origin:
+                        continue
+                    if event.get("type") == TAKE_OVER:
+                        if self.take_over is not None:
+                            self.take_over(str(event["call_id"]), str(event.get("reason", "taken over")))
+                        continue
+                    self.received += 1
+                    self.feed.receive(event)
+
+    def ask_to_take_over(self, call_id: str, reason: str) -> bool:
+        """Ask the worker holding `call_id` (a call live elsewhere) to hand it to staff; False if it is unknown."""
+        if call_id not in self.feed.remote_calls:
+            return False
+        self._relay({"call_id": call_id, "type": TAKE_OVER, "reason": reason})
+        return True
 
     async def _send(self) -> None:
         async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:

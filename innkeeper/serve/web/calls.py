@@ -61,10 +61,16 @@ def calls_router(settings: Settings) -> APIRouter:
     @router.post("/calls/{call_id}/take-over")
     async def take_over(call_id: str, request: Request, principal: Staff) -> Response:
         """Hand a live call to staff: the agent says it is transferring, and the call goes to the front desk."""
+        reason = f"taken over by {principal.name}"
         call = services(request).active.get(call_id)
+        bridge = request.app.state.live_bridge
+        if call is None and bridge is not None and bridge.ask_to_take_over(call_id, reason):
+            # Live on another worker (its events reach this page through the database): that worker hands it over.
+            await audit(request, principal.name, "call.take_over", call_id)
+            return JSONResponse({"call_id": call_id, "transferring": True, "elsewhere": True})
         if call is None:
             raise HTTPException(404, f"call {call_id!r} is not in progress")
-        if not call.hand_over(f"taken over by {principal.name}"):
+        if not call.hand_over(reason):
             raise HTTPException(409, "the call is ending already")
         await audit(request, principal.name, "call.take_over", call_id)
         return JSONResponse({"call_id": call_id, "transferring": True})
