@@ -10,6 +10,11 @@ and TTS measured in this process before the server starts. Prints tables and wri
 `benchmarks/results/voice_latency.json`.
 
     .venv/bin/python benchmarks/voice_latency.py [--calls 1 2 4] [--url ws://127.0.0.1:8080]
+    .venv/bin/python benchmarks/voice_latency.py --capacity   # ramp 1, 2, 3, … calls until p95 > 1.5 s
+
+`--capacity` measures one machine's capacity: the server admits any number of calls (INNKEEPER_MAX_CALLS
+lifted), the levels rise one call at a time until a level's p95 passes `--p95-limit-ms` or a turn goes
+unanswered, and a plot of p50 / p95 and answered turns per level is written beside the JSON.
 
 Targets: p50 <= 800 ms and p95 <= 1200 ms at 1 call; p95 <= 2000 ms at 4 calls.
 Caveat: the caller runs on the same CPU as the server; its own work is small (a table look-up and a
@@ -157,7 +162,10 @@ def target_verdicts(level: dict[str, Any]) -> list[str]:
     return verdicts
 
 
-async def measure(url: str, lines: list[CallerLine], levels: list[int], token: str | None) -> list[dict[str, Any]]:
+async def measure(
+    url: str, lines: list[CallerLine], levels: list[int], token: str | None, p95_limit_ms: float | None = None
+) -> list[dict[str, Any]]:
+    """Each level in turn; with `p95_limit_ms`, stop after the first level past it or with a turn unanswered."""
     results = []
     for calls in levels:
         console.print(f"placing {calls} concurrent call(s) of {len(lines)} lines…")
@@ -167,8 +175,37 @@ async def measure(url: str, lines: list[CallerLine], levels: list[int], token: s
             url, [o for o in outcomes if isinstance(o, CallReport)], token
         )
         results.append(level)
+        if p95_limit_ms is not None and past_capacity(level, p95_limit_ms):
+            break
         await asyncio.sleep(SETTLE_S)
     return results
+
+
+def past_capacity(level: dict[str, Any], p95_limit_ms: float) -> bool:
+    """A level the machine does not carry: p95 over the limit, a call not placed, or a turn not answered."""
+    p95 = level["p95_ms"]
+    return p95 is None or p95 > p95_limit_ms or bool(level["failed_calls"]) or level["answered"] < level["turns"]
+
+
+def plot_capacity(levels: list[dict[str, Any]], p95_limit_ms: float, path: Path) -> None:
+    """p50 / p95 voice-to-voice and the share of turns answered against concurrent calls."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    calls = [level["concurrency"] for level in levels]
+    fig, (latency, answered) = plt.subplots(1, 2, figsize=(10, 4))
+    for stat in ("p50", "p95"):
+        latency.plot(calls, [level[f"{stat}_ms"] for level in levels], marker="o", label=stat)
+    latency.axhline(p95_limit_ms, color="red", linestyle="--", label=f"p95 limit {p95_limit_ms:.0f} ms")
+    latency.set(xlabel="concurrent calls", ylabel="voice-to-voice, ms", title="latency at the caller")
+    latency.legend()
+    share = [100 * level["answered"] / max(level["turns"], 1) for level in levels]
+    answered.plot(calls, share, marker="o")
+    answered.set(xlabel="concurrent calls", ylabel="turns answered, %", ylim=(0, 105), title="turns answered")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 # ---------------------------------------------------------------- output
@@ -233,13 +270,20 @@ def main() -> None:
     parser.add_argument("--reading", type=Path, help="a model directory that reads every turn (model understanding)")
     parser.add_argument("--no-read-ahead", action="store_true", help="with --reading: read only once a turn ends")
     parser.add_argument("--out", type=Path, help="results file (default: by mode, in benchmarks/results)")
+    parser.add_argument("--capacity", action="store_true", help="ramp 1, 2, 3, … calls until p95 passes the limit")
+    parser.add_argument("--p95-limit-ms", type=float, default=1500.0, help="with --capacity: the p95 line")
+    parser.add_argument("--max-calls", type=int, default=12, help="with --capacity: the highest level tried")
     args = parser.parse_args()
+    if args.capacity:
+        args.calls = list(range(1, args.max_calls + 1))
     settings = Settings(asr_threads=1, tts_threads=1)
     synthesizer = load_synthesizer(settings, variation=False)  # the same caller audio every run
     lines = lines_from_text(BOOKING_CALL, synthesizer)
     rtf = speech_rtf(settings, synthesizer, lines)  # before the server starts: measured on a quiet CPU
     with tempfile.TemporaryDirectory(prefix="innkeeper-bench-") as home:
         env = {"INNKEEPER_TODAY": TODAY}
+        if args.capacity:  # admission control would refuse the calls past INNKEEPER_MAX_CALLS: lift it
+            env["INNKEEPER_MAX_CALLS"] = str(args.max_calls + 1)
         if args.reading:  # the model reads each caller turn (first where it validates), templates still speak
             env |= {
                 "INNKEEPER_MODEL_UNDERSTANDING": "1",
@@ -255,14 +299,16 @@ def main() -> None:
             sys.exit(1)
         try:
             token = server.token if server is not None else settings.admin_token  # for the call records
-            levels = asyncio.run(measure(url, lines, args.calls, token))
+            limit = args.p95_limit_ms if args.capacity else None
+            levels = asyncio.run(measure(url, lines, args.calls, token, limit))
         finally:
             if server is not None:
                 server.stop()
         if any(level["server_errors"] or level["failed_calls"] for level in levels) and server is not None:
             console.print(f"[yellow]server log tail:\n{server.log_tail()}")
     print_tables(levels, rtf)
-    results = args.out or (RESULTS.with_name("voice_latency_llm.json") if args.llm else RESULTS)
+    default = RESULTS.with_name("capacity.json") if args.capacity else RESULTS
+    results = args.out or (RESULTS.with_name("voice_latency_llm.json") if args.llm else default)
     results.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "llm": "bundled SmolLM2-135M, INNKEEPER_VOICE_LLM_FIRST_SENTENCE_MS" if args.llm else "off (templates)",
@@ -277,6 +323,11 @@ def main() -> None:
         "levels": levels,
         "speech_rtf": rtf,
     }
+    if args.capacity:
+        carried = [level["concurrency"] for level in levels if not past_capacity(level, args.p95_limit_ms)]
+        result["capacity_calls"] = max(carried, default=0)
+        plot_capacity(levels, args.p95_limit_ms, results.with_suffix(".png"))
+        console.print(f"capacity: {result['capacity_calls']} concurrent call(s) within p95 {args.p95_limit_ms:.0f} ms")
     results.write_text(json.dumps(result, indent=2) + "\n")
     console.print(f"wrote {results}")
 
