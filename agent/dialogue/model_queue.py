@@ -46,15 +46,17 @@ class ModelQueue:
         self._seq = itertools.count()
         self._lock = threading.Condition()
         self.dropped = 0  # guesses dropped unread (the bound)
+        # Started with the first work: a server without model understanding never runs them.
         self._threads = [threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True) for i in range(workers)]
-        for thread in self._threads:
-            thread.start()
 
     def submit(self, work: Callable[[], T], *, waited_on: bool) -> Future[T]:
         """Queue `work`; a caller waiting on it goes before every guess. Its result comes through the Future."""
         future: Future[T] = Future()
         job = _Job(future, work)
         with self._lock:
+            for thread in self._threads:
+                if not thread.is_alive() and thread.ident is None:
+                    thread.start()
             self._push(job, WAITED_ON if waited_on else GUESS)
             self._jobs[future] = job
             if not waited_on:
