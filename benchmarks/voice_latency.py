@@ -10,7 +10,7 @@ and TTS measured in this process before the server starts. Prints tables and wri
 `benchmarks/results/voice_latency.json`.
 
     .venv/bin/python benchmarks/voice_latency.py [--calls 1 2 4] [--url ws://127.0.0.1:8080]
-    .venv/bin/python benchmarks/voice_latency.py --capacity   # ramp 1, 2, 3, … calls until p95 > 1.5 s
+    .venv/bin/python benchmarks/voice_latency.py --capacity --finished-words   # ramp 1, 2, 3, … calls until p95 > 1.5 s
 
 `--capacity` measures one machine's capacity: the server admits any number of calls (INNKEEPER_MAX_CALLS
 lifted), the levels rise one call at a time until a level's p95 passes `--p95-limit-ms` or a turn goes
@@ -271,6 +271,9 @@ def main() -> None:
     parser.add_argument("--no-read-ahead", action="store_true", help="with --reading: read only once a turn ends")
     parser.add_argument("--out", type=Path, help="results file (default: by mode, in benchmarks/results)")
     parser.add_argument("--capacity", action="store_true", help="ramp 1, 2, 3, … calls until p95 passes the limit")
+    parser.add_argument(
+        "--finished-words", action="store_true", help="end turns on finished words (INNKEEPER_END_ON_FINISHED_WORDS)"
+    )
     parser.add_argument("--p95-limit-ms", type=float, default=1500.0, help="with --capacity: the p95 line")
     parser.add_argument("--max-calls", type=int, default=12, help="with --capacity: the highest level tried")
     args = parser.parse_args()
@@ -282,6 +285,8 @@ def main() -> None:
     rtf = speech_rtf(settings, synthesizer, lines)  # before the server starts: measured on a quiet CPU
     with tempfile.TemporaryDirectory(prefix="innkeeper-bench-") as home:
         env = {"INNKEEPER_TODAY": TODAY}
+        if args.finished_words:
+            env["INNKEEPER_END_ON_FINISHED_WORDS"] = "1"
         if args.capacity:  # admission control would refuse the calls past INNKEEPER_MAX_CALLS: lift it
             env["INNKEEPER_MAX_CALLS"] = str(args.max_calls + 1)
         if args.reading:  # the model reads each caller turn (first where it validates), templates still speak

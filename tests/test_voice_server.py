@@ -133,9 +133,6 @@ def test_twilio_call_books_a_room_and_records_both_legs(live_server, synthesizer
     made = [b for b in live_server.runtime.tools.list_bookings() if b.code not in codes_before]
     assert len(made) == 1, f"bookings made: {made}\n{transcript}"
     booking = made[0]
-    # Turns whose words sounded finished at the first pause ended there, not after the 640 ms endpoint silence.
-    waits = [t["latencies"]["endpoint_ms"] for t in record["turns"] if "endpoint_ms" in (t.get("latencies") or {})]
-    assert len(waits) == len(BOOKING) and min(waits) < 640, waits
     # Whisper may spell a surname it hears once in a sentence another way ("Smyth"); the caller hears it read back.
     assert booking.last_name.lower().startswith("sm"), f"{booking}\n{transcript}"
     assert (str(booking.check_in), str(booking.check_out), booking.room_type) == ("2026-12-07", "2026-12-09", "deluxe")

@@ -37,8 +37,9 @@ class VoiceConfig:
     ack_wait_ms: int = 400  # after a barge-in, how long to wait for the client's playback report
     read_ahead: bool = True  # where the model reads turns, start on the words of the caller's first pause
     # End the turn at the first pause when its words sound finished (`agent.speech.turn_end`), not after the
-    # whole endpoint silence: the caller's wait shrinks by the difference.
-    end_on_finished_words: bool = True
+    # whole endpoint silence: the caller's wait shrinks by the difference. Off by default: at a comma pause
+    # Whisper may hear "Thanks," as the finished "Thanks." and the turn is cut in two.
+    end_on_finished_words: bool = False
 
 
 @dataclass

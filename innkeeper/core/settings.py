@@ -98,9 +98,10 @@ class Settings(BaseSettings):
         default=192, description="A shorter pause that starts speech recognition speculatively."
     )
     end_on_finished_words: bool = Field(
-        default=True,
+        default=False,
         description="End a caller's turn at the first pause (early_silence_ms) when its words sound finished — "
-        "a sentence not ending on 'and', 'um' or a number — instead of after endpoint_silence_ms.",
+        "a sentence not ending on 'and', 'um' or a number — instead of after endpoint_silence_ms. Off by "
+        "default: a comma pause heard as a full stop ('Thanks,' as 'Thanks.') cuts a turn in two.",
     )
     read_ahead: bool = Field(
         default=True,

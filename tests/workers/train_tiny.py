@@ -33,7 +33,7 @@ def main(model_dir: str, method: str, out_dir: str) -> None:
     distributed.start()
     torch.set_num_threads(1)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    cfg = ProjectedConfig(progress=False, steps=6, lr=3e-3, batch_size=2, grad_accum=4, eps=0.9, row_budget=0.5, seed=1)
+    cfg = ProjectedConfig(progress=False, steps=6, lr=3e-3, batch_size=2, grad_accum=2, eps=0.9, row_budget=0.5, seed=1)
     domain, protected = batches(1, DOMAIN_IDS, 4), batches(2, PROTECTED_IDS, 4)
     inputs: dict = {}
     if get_method(method).needs_bases:
