@@ -16,6 +16,7 @@ Outside a launched job every function here is a no-op, so single-process code pa
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -36,6 +37,19 @@ def start() -> None:
         from accelerate import PartialState
 
         PartialState(cpu=not torch.cuda.is_available())
+        # Leave the group before the interpreter tears down: a rank that exits with gloo's threads still
+        # joinable dies in std::terminate (SIGABRT), and the launcher then kills the ranks that finished.
+        atexit.register(finish)
+
+
+def finish() -> None:
+    """Leave the process group (a no-op outside a launched job, or once left).
+
+    No barrier here: at exit after an error the other ranks may sit in a collective, and a barrier would hang
+    the job instead of letting the launcher see the failure. Code that needs the ranks in step calls `barrier`.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def active() -> bool:
