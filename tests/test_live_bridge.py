@@ -1,5 +1,6 @@
-"""The live feed across workers on a shared PostgreSQL database: a call on one worker shows on another worker's
-live page (LISTEN/NOTIFY), each event once; a database that is down never reaches the call path."""
+"""The workers' channels on a shared PostgreSQL database: a call on one worker shows on another worker's live
+page (LISTEN/NOTIFY), each event once; staff take over a call another worker holds; a change of the serving
+model version reaches every worker when it commits; a database that is down never reaches the call path."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import uuid
 
 import pytest
 
+from innkeeper.models.registry import ModelRegistry, RegistryError
+from innkeeper.models.store import ArtifactStore
 from innkeeper.serve.live import LiveFeed
 from innkeeper.serve.live_bridge import MAX_PAYLOAD, LiveBridge, _payload, conninfo
+from tests.test_hot_swap import make_artifact, register
 
 
 async def _next(queue: asyncio.Queue, timeout: float = 10.0) -> dict:
@@ -118,3 +122,50 @@ def test_staff_on_one_worker_take_over_a_call_another_worker_holds(postgres_url)
 
     unknown, handed, asked = asyncio.run(run())
     assert not unknown and asked and handed == [(call_id, "taken over by dana")]
+
+
+@pytest.mark.postgres
+def test_a_promotion_and_a_rollback_made_by_any_process_reach_every_worker_at_once(
+    postgres_db, tiny_model_dir, tmp_path
+):
+    """The registry announces a change of the serving version when it commits (no poll needed); a promotion
+    the registry refuses is never announced."""
+    info = conninfo(postgres_db.engine.url.render_as_string(False))
+    registry = ModelRegistry(postgres_db, ArtifactStore(f"file://{tmp_path / 'store'}"), tmp_path / "cache")
+    version = register(registry, make_artifact(tiny_model_dir, tmp_path / "delta", seed=3))
+
+    async def run() -> tuple[list[str], list[str]]:
+        heard: dict[str, list[str]] = {"w1": [], "w2": []}
+        arrived = asyncio.Event()
+
+        def listener(worker: str):
+            def serving_changed(version_id: str) -> None:
+                heard[worker].append(version_id)
+                arrived.set()
+
+            return serving_changed
+
+        bridges = [LiveBridge(LiveFeed(), info, w, serving_changed=listener(w)) for w in heard]
+        for bridge in bridges:
+            bridge.start()
+        try:
+            await asyncio.gather(*(asyncio.wait_for(b.listening.wait(), 10) for b in bridges))
+            for change in (
+                lambda: registry.promote(version.id, actor="test"),  # as `innkeeper models promote` would
+                lambda: registry.rollback(actor="test"),
+            ):
+                arrived.clear()
+                await asyncio.to_thread(change)
+                await asyncio.wait_for(arrived.wait(), 10)
+                await asyncio.sleep(0.3)  # the other worker's notice, and anything sent twice, arrive by now
+            registry.mark_failed(version.id, "test: a version that does not load")
+            with pytest.raises(RegistryError):
+                await asyncio.to_thread(registry.promote, version.id, actor="test")
+            await asyncio.sleep(0.5)
+            return heard["w1"], heard["w2"]
+        finally:
+            for bridge in bridges:
+                await bridge.stop()
+
+    first, second = asyncio.run(run())
+    assert first == second == [version.id, ""]  # promoted, then rolled back to the base; the refusal unheard

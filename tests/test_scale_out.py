@@ -1,6 +1,7 @@
 """Scale-out on existing parts: two `innkeeper serve` workers behind haproxy (Debian's package, websocket-aware)
 share one PostgreSQL database and one S3-protocol model registry (moto). Calls through the balancer reach both
-workers and land in the one database; a promotion reaches both by polling the registry; a worker killed with
+workers and land in the one database; a promotion reaches both at once (the registry announces it on PostgreSQL;
+no worker polls within the test); a worker killed with
 SIGKILL leaves new calls to the other. `make test` installs haproxy with apt where missing; without it, or
 without PostgreSQL, this test skips and says why.
 """
@@ -90,7 +91,7 @@ def test_two_workers_behind_a_balancer_share_calls_a_promotion_and_survive_one_d
         "INNKEEPER_DATABASE_URL": database_url,
         "INNKEEPER_REGISTRY_URL": BUCKET_URL,
         "INNKEEPER_REGISTRY_STORAGE_OPTIONS": json.dumps(s3_server),
-        "INNKEEPER_REGISTRY_POLL_S": "1",
+        "INNKEEPER_REGISTRY_POLL_S": "3600",  # the promotion must arrive as the registry's announcement
         "INNKEEPER_LLM_MODEL": str(tiny_model_dir),
         "INNKEEPER_VOICE_LLM": "1",
         "INNKEEPER_TODAY": "2026-11-26",
@@ -121,7 +122,7 @@ def test_two_workers_behind_a_balancer_share_calls_a_promotion_and_survive_one_d
             call_once()
         assert sorted(servers_of_calls()) == ["w1", "w2"]
 
-        # 2. a version promoted in the shared registry reaches both workers (each polls it)
+        # 2. a version promoted in the shared registry (as `innkeeper models promote` would) reaches both workers
         settings = Settings(database_url=database_url, registry_url=BUCKET_URL, registry_storage_options=s3_server)
         registry = ModelRegistry.from_settings(settings, db=postgres_db)
         version = register(registry, make_artifact(tiny_model_dir, tmp_path / "delta", seed=1))

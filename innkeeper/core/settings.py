@@ -208,7 +208,8 @@ class Settings(BaseSettings):
     registry_poll_s: float = Field(
         default=10.0,
         description="How often `innkeeper serve` asks the model registry which version should serve, and swaps "
-        "to it between turns when it changed; 0 = never (admin API swaps still work).",
+        "to it between turns when it changed; 0 = never (admin API swaps still work). On PostgreSQL a promotion "
+        "or rollback also arrives at once, announced by the registry; the poll is then only the fallback.",
     )
     admin_token: str | None = Field(
         default=None,

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from innkeeper.core.db.database import Database
+from innkeeper.core.db.database import Database, notify_on_commit
 from innkeeper.core.db.schema import ModelEventRecord, ModelVersionRecord, utcnow
 from innkeeper.core.manifest import sha256_file
 from innkeeper.models.artifacts import MANIFEST_FILE, read_manifest, verify_artifact
@@ -53,6 +53,10 @@ T = TypeVar("T")
 CONFLICT_ATTEMPTS = 5
 _VERSION_NUMBER = re.compile(r"v?0*(\d+)")
 _FIELD_LIMIT = 32  # model_events.action and .actor
+# On PostgreSQL every change of the serving version is announced here when it commits, whoever makes it (a
+# worker's admin page, `innkeeper models promote`, the nightly job): the serving workers LISTEN and swap at
+# once instead of at their next poll (`innkeeper.serve.live_bridge`).
+SERVING_CHANGED = "innkeeper_serving"
 
 
 class ModelRegistry:
@@ -183,6 +187,7 @@ class ModelRegistry:
             now = utcnow()
             changed = transition(session, row, VersionStatus.PROMOTED, promoted_at=now)
             add_event(session, row.id, "promoted", actor, detail, at=now)
+            notify_on_commit(session, SERVING_CHANGED, row.id)
             return changed
 
         return self._retrying(work)
@@ -202,6 +207,7 @@ class ModelRegistry:
             now_serving = serving_row(session)
             detail = _join_detail(f"now serving: {now_serving.id if now_serving else 'the base model'}", reason)
             add_event(session, current.id, "rolled_back", actor, detail)
+            notify_on_commit(session, SERVING_CHANGED, now_serving.id if now_serving else "")
             return snapshot_or_none(now_serving)
 
         return self._retrying(work)

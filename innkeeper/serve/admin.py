@@ -1,5 +1,6 @@
-"""Keeps the serving process's model in step with the model registry: the start-up load, registry polling,
-and the authenticated admin API (promote, roll back, list).
+"""Keeps the serving process's model in step with the model registry: the start-up load, registry polling
+(and, on PostgreSQL, the registry's announcements of a new serving version, which swap at once), and the
+authenticated admin API (promote, roll back, list).
 
     GET  /admin/models                       the registry's versions and what this process serves
     POST /admin/models/{version_id}/promote  promote in the registry, then swap to it now
@@ -73,6 +74,7 @@ class ModelAdmin:
         self._base_dir: Path | None = None
         self._base_version = runtime.llm.version if runtime.llm is not None else None
         self._lock = asyncio.Lock()  # one registry change + swap at a time; polling skips while held
+        self._following: set[asyncio.Task[None]] = set()
         # What else keeps the cores busy during a call (speech recognition, synthesis): a load waits for gaps.
         self.also_busy: list[Callable[[], bool]] = []
 
@@ -130,6 +132,26 @@ class ModelAdmin:
                 await self.sync()
             except Exception:  # polling must outlive any one bad round
                 log.exception("model registry poll failed")
+
+    def serving_changed(self, version_id: str) -> None:
+        """The registry announced another serving version (a promotion or rollback by any process, on
+        PostgreSQL): follow it now rather than at the next poll. Called on the event loop."""
+        if not self.llm_enabled or self.registry is None:
+            return
+        log.info("the registry announced a new serving version: %s", version_id or "the base model")
+        task = asyncio.get_running_loop().create_task(self._follow(version_id), name="model-registry-follow")
+        self._following.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._following.discard)
+
+    async def _follow(self, version_id: str) -> None:
+        # An operation holding the lock now may have read the registry before this change committed: let it
+        # finish, then read again. Whoever takes the lock after this notice reads the change itself.
+        async with self._lock:
+            pass
+        try:
+            await self.sync()
+        except Exception:  # like a poll: one bad round must not end the following
+            log.exception("following the registry's serving version %r failed", version_id)
 
     def start_polling(self) -> asyncio.Task[None] | None:
         if not self.llm_enabled or self.registry is None or self.settings.registry_poll_s <= 0:

@@ -88,7 +88,7 @@ def create_app(
         app.state.services.metrics.watch_speech(speech)
         log.info("innkeeper ready: model %s", agent.llm.version if agent.llm else "templates only")
         poller = admin.start_polling()
-        bridge = app.state.live_bridge = _live_bridge(settings, app.state.services)
+        bridge = app.state.live_bridge = _live_bridge(settings, app.state.services, admin)
         yield
         if bridge is not None:
             await bridge.stop()
@@ -173,9 +173,9 @@ def create_app(
     return app
 
 
-def _live_bridge(settings: Settings, services: CallServices) -> LiveBridge | None:
-    """On a shared PostgreSQL database, this worker's live page shows the other workers' calls too, and staff
-    can take over a call from any worker's page."""
+def _live_bridge(settings: Settings, services: CallServices, admin: ModelAdmin) -> LiveBridge | None:
+    """On a shared PostgreSQL database, this worker's live page shows the other workers' calls too, staff
+    can take over a call from any worker's page, and a promotion or rollback made anywhere swaps the model now."""
     info = conninfo(settings.db_url)
     if info is None:
         return None
@@ -184,7 +184,9 @@ def _live_bridge(settings: Settings, services: CallServices) -> LiveBridge | Non
         call = services.active.get(call_id)
         return call is not None and call.hand_over(reason)
 
-    bridge = LiveBridge(services.live, info, settings.server_id, take_over=take_over)
+    bridge = LiveBridge(
+        services.live, info, settings.server_id, take_over=take_over, serving_changed=admin.serving_changed
+    )
     bridge.start()
     return bridge
 

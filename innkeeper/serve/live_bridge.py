@@ -1,5 +1,8 @@
-"""The live feed across workers: each worker's call events go out on a PostgreSQL channel (NOTIFY) and every
-other worker's feed takes them in (LISTEN), so a dashboard page served by any worker shows every live call.
+"""The workers' PostgreSQL channels: each worker's call events go out on a channel (NOTIFY) and every other
+worker's feed takes them in (LISTEN), so a dashboard page served by any worker shows every live call; staff
+take over a call another worker holds over the same channel; and a change of the registry's serving version,
+announced by whichever process made it (`innkeeper.models.registry.SERVING_CHANGED`), reaches every worker
+at once instead of at its next registry poll.
 
 Only where the database is PostgreSQL (several workers share it); an SQLite deployment is one process. The
 bridge never touches the call path: `LiveFeed.publish` hands it the event without waiting, a full outbox drops
@@ -18,6 +21,7 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import make_url
 
+from innkeeper.models.registry import SERVING_CHANGED
 from innkeeper.serve.live import LiveFeed
 
 log = logging.getLogger(__name__)
@@ -41,11 +45,18 @@ class LiveBridge:
     """Relays one worker's live events to the others through PostgreSQL, and theirs into its feed."""
 
     def __init__(
-        self, feed: LiveFeed, conninfo: str, origin: str, take_over: Callable[[str, str], bool] | None = None
+        self,
+        feed: LiveFeed,
+        conninfo: str,
+        origin: str,
+        take_over: Callable[[str, str], bool] | None = None,
+        serving_changed: Callable[[str], None] | None = None,
     ) -> None:
-        """`take_over(call_id, reason)`: hand a call this worker holds to staff (asked by another worker's page)."""
+        """`take_over(call_id, reason)`: hand a call this worker holds to staff (asked by another worker's page);
+        `serving_changed(version_id)`: the registry serves another version now ("" = the base model)."""
         self.feed, self.conninfo, self.origin = feed, conninfo, origin
         self.take_over = take_over
+        self.serving_changed = serving_changed
         self._outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(OUTBOX)
         self._tasks: list[asyncio.Task[None]] = []
         self.dropped = 0  # events not relayed: the outbox was full
@@ -84,8 +95,13 @@ class LiveBridge:
     async def _listen(self) -> None:
         async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
             await conn.execute(f"LISTEN {CHANNEL}")
+            await conn.execute(f"LISTEN {SERVING_CHANGED}")
             self.listening.set()
             async for notice in conn.notifies():
+                if notice.channel == SERVING_CHANGED:
+                    if self.serving_changed is not None:
+                        self.serving_changed(notice.payload)
+                    continue
                 with contextlib.suppress(ValueError, TypeError):
                     event = json.loads(notice.payload)
                     if event.pop("origin", None) == self.origin:

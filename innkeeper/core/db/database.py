@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event, select, update
+from sqlalchemy import Connection, Engine, create_engine, event, select, text, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
@@ -140,6 +140,13 @@ class Database:
     def close(self) -> None:
         """Close pooled connections (at shutdown, or before dropping a test database)."""
         self.engine.dispose()
+
+
+def notify_on_commit(session: Session, channel: str, payload: str = "") -> None:
+    """PostgreSQL: a NOTIFY on `channel` that every listening process receives when this transaction commits
+    (never, if it rolls back). SQLite: nothing — one process serves, and it knows what it changed."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": channel, "payload": payload})
 
 
 def _create_engine(url: URL) -> Engine:
