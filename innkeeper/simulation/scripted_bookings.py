@@ -70,7 +70,7 @@ def scripted_bookings(model: Any, settings: Settings, *, n: int = 8, seed: int =
         db = Database.from_settings(local)
         try:
             tools = HotelTools(db, load_hotel(local.hotel_file), today=lambda: TODAY)
-            exact = sum(_booked_as_asked(tools, call) for call in calls)
+            exact = sum(booked_as_asked(tools, call) for call in calls)
         finally:
             db.close()
     return ScriptedBookings(
@@ -97,7 +97,7 @@ def measure_into(result: dict[str, Any], model: Any, settings: Settings, n: int)
     return True
 
 
-def _booked_as_asked(tools: HotelTools, call: PlacedCall) -> bool:
+def booked_as_asked(tools: HotelTools, call: PlacedCall) -> bool:
     """The call's booking row holds the stay the caller asked for: dates, room, guest count, surname."""
     asked = call.asked
     if call.booked_code is None or not asked:

@@ -40,7 +40,7 @@ ROOMS = {  # code: (capacity, ways a caller names it)
     "deluxe": (3, ("the deluxe king", "a deluxe king", "the deluxe room", "the king room")),
     "suite": (4, ("the harbor suite", "the suite", "a suite")),
 }
-_ROOM_TITLES = {"standard": "Standard Queen", "deluxe": "Deluxe King", "suite": "Harbor Suite"}
+ROOM_TITLES = {"standard": "Standard Queen", "deluxe": "Deluxe King", "suite": "Harbor Suite"}
 NUMBER_WORDS = "zero one two three four five six seven eight nine ten eleven twelve".split()
 QUESTIONS = {
     "checkout": ("What time is check-out?", "When do I have to check out?", "How late is check-out?"),
@@ -335,7 +335,7 @@ class Caller:
 
     def _on_offer_rooms(self) -> str | None:
         listing = self.reply.rpartition("we have")[2]  # not "the Standard Queen is sold out" before it
-        offered = [code for code, title in _ROOM_TITLES.items() if title in listing]
+        offered = [code for code, title in ROOM_TITLES.items() if title in listing]
         if offered and self.room not in offered:  # sold out: take one that is offered, or give up
             if self.rng.random() < 0.2:
                 self.hung_up = True
@@ -411,11 +411,21 @@ class Caller:
 
 
 async def place_calls(
-    settings: Settings, scripts: list[CallScript], *, workers: int, llm: Any = None, today: date = TODAY
+    settings: Settings,
+    scripts: list[CallScript],
+    *,
+    workers: int,
+    llm: Any = None,
+    today: date = TODAY,
+    caller: type[Caller] | None = None,
+    channel: str = "text",
 ) -> tuple[list[PlacedCall], dict[str, Any]]:
     """Place every scripted call through the real brain, `workers` at a time; returns the calls and timings.
 
-    `llm` words the replies (behind the brain's grounding check); None: the exact templates.
+    `llm` words the replies (behind the brain's grounding check) and, with `settings.model_understanding`,
+    reads each turn; None: the exact templates and the rules. `caller`: the kind of caller (default
+    `Caller`); `channel`: as the brain sees the call (a voice channel keeps the templates speaking unless
+    `settings.voice_llm`).
     """
     from agent.reply.wording import TEMPLATE_ONLY_ACTS
     from innkeeper.core.codes import CODE_PATTERN
@@ -443,12 +453,12 @@ async def place_calls(
                     script.kind = "question"  # nothing booked yet to ask about
                 elif pick.random() < 0.7:  # usually the guest who booked calls again
                     script.persona = Persona(script.persona.first, booking[1], booking[2])
-            caller = Caller(script, booking, today)
-            convo = runtime.new_conversation(caller_number=f"+1{script.persona.number}")
+            person = (caller or Caller)(script, booking, today)
+            convo = runtime.new_conversation(channel=channel, caller_number=f"+1{script.persona.number}")
             await convo.start()
             await convo.greet()
             acts, code, wording = [], None, Counter()
-            line: str | None = caller.first_line()
+            line: str | None = person.first_line()
             while line is not None and not convo.ended and len(acts) < MAX_CALLER_TURNS:
                 reply = await convo.reply(line)
                 act = convo.last_turn.plan.act
@@ -460,10 +470,10 @@ async def place_calls(
                     wording.update(convo.last_turn.sources)
                 if act == "booked" and (m := CODE_PATTERN.search(reply)):
                     code = m[0]
-                    caller.secrets["code"].add(code)
-                    bookings.append((code, caller.p.last, caller.p.number))
-                line = caller.next_line(act, reply)
-            end = "completed" if convo.ended else ("hangup" if caller.hung_up else "stuck")
+                    person.secrets["code"].add(code)
+                    bookings.append((code, person.p.last, person.p.number))
+                line = person.next_line(act, reply)
+            end = "completed" if convo.ended else ("hangup" if person.hung_up else "stuck")
             await convo.close("completed" if end == "completed" else "hangup")
             return PlacedCall(
                 call_id=convo.call_id or "",
@@ -472,9 +482,9 @@ async def place_calls(
                 turns=len(acts),
                 end=end,
                 acts=acts,
-                secrets={k: sorted(v) for k, v in caller.secrets.items()},
+                secrets={k: sorted(v) for k, v in person.secrets.items()},
                 booked_code=code,
-                asked=caller.stay() if script.kind == "booking" else {},
+                asked=person.stay() if script.kind == "booking" else {},
                 wording=dict(wording),
             )
 

@@ -1,0 +1,118 @@
+"""Whole booking calls from callers who leave the script, understood by the rules alone or by the model.
+
+Places `--calls` seeded off-script booking calls (`innkeeper.simulation.off_script_callers`: two dates in
+one sentence, "N days from", "for four", name and phone in one breath, a question mid-booking, a change of
+mind, a read-back checked and refused when wrong) through the real brain on the phone channel (templates
+speak, so only understanding differs), each run in a fresh SQLite database, and counts per call whether
+the booking row is exactly what the caller finally wanted, is wrong, or was never made.
+
+    .venv/bin/python benchmarks/off_script_calls.py --calls 40                       # the rules alone
+    .venv/bin/python benchmarks/off_script_calls.py --calls 40 --reading DIR         # + the model reads each turn
+
+Writes `benchmarks/results/off_script_calls[_reading].json` with every call's outcome and habits, and the
+transcripts of the calls that did not end exactly right (for reading, never for tuning to).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from agent.call.calllog import CallLog
+from agent.dialogue.tools import HotelTools
+from innkeeper.core.db.database import Database
+from innkeeper.core.hotel import load_hotel
+from innkeeper.core.settings import Settings
+from innkeeper.simulation.off_script_callers import HABITS, OffScriptCaller, off_script_scripts
+from innkeeper.simulation.scripted_bookings import booked_as_asked
+from innkeeper.simulation.text_callers import TODAY, place_calls
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def run(calls: int, seed: int, reading: Path | None, threads: int) -> dict:
+    """Place the calls in a fresh home; every call's outcome, habits and (if not exact) its transcript."""
+    scripts = off_script_scripts(calls, seed)
+    habits = {s.index: sorted(OffScriptCaller(s, None, TODAY).habits) for s in scripts}
+    with tempfile.TemporaryDirectory(prefix="innkeeper-offscript-") as home:
+        settings = Settings(home=Path(home), today=TODAY, llm_threads=threads)
+        llm = None
+        if reading is not None:
+            from innkeeper.models.resolve import load_chat_model
+
+            settings = settings.model_copy(update={"llm_model": str(reading.resolve()), "model_understanding": True})
+            llm = load_chat_model(settings)
+        started = time.perf_counter()
+        placed, _ = asyncio.run(
+            place_calls(settings, scripts, workers=1, llm=llm, caller=OffScriptCaller, channel="twilio")
+        )
+        seconds = time.perf_counter() - started
+        db = Database.from_settings(settings)
+        try:
+            tools = HotelTools(db, load_hotel(settings.hotel_file), today=lambda: TODAY)
+            log = CallLog(db)
+            rows = []
+            for script, call in zip(scripts, placed, strict=True):
+                exact = booked_as_asked(tools, call)
+                outcome = "exact" if exact else ("wrong" if call.booked_code else "not booked")
+                row = {"index": script.index, "habits": habits[script.index], "outcome": outcome, "turns": call.turns}
+                row |= {"end": call.end, "asked": call.asked, "acts": call.acts}
+                if outcome != "exact":
+                    row["transcript"] = [f"{t.role}: {t.text}" for t in log.transcript(call.call_id)]
+                rows.append(row)
+        finally:
+            db.close()
+    return {"reading": str(reading) if reading else None, "seconds": round(seconds, 1), "calls": rows}
+
+
+def summarize(result: dict) -> dict:
+    rows = result["calls"]
+    outcomes = Counter(r["outcome"] for r in rows)
+    by_habit = {
+        h: f"{sum(r['outcome'] == 'exact' for r in rows if h in r['habits'])}/{sum(h in r['habits'] for r in rows)}"
+        for h in HABITS
+    }
+    return {
+        "calls": len(rows),
+        "exact": outcomes["exact"],
+        "wrong": outcomes["wrong"],
+        "not_booked": outcomes["not booked"],
+        "mean_turns": round(sum(r["turns"] for r in rows) / max(len(rows), 1), 1),
+        "exact_by_habit": by_habit,
+        "seconds": result["seconds"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=23)
+    parser.add_argument("--reading", type=Path, help="a model directory that reads every caller turn")
+    parser.add_argument("--threads", type=int, default=1, help="model threads")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    result = run(args.calls, args.seed, args.reading, args.threads)
+    result["summary"] = summary = summarize(result)
+    out = args.out or RESULTS / f"off_script_calls{'_reading' if args.reading else ''}.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    table = Table("understanding", "calls", "exact", "wrong", "not booked", "turns", title="off-script booking calls")
+    who = "model, rules second" if args.reading else "rules"
+    table.add_row(who, *(str(summary[k]) for k in ("calls", "exact", "wrong", "not_booked", "mean_turns")))
+    habits = Table("habit", "exact / calls with it", title="by habit (a call has several)")
+    for habit, share in summary["exact_by_habit"].items():
+        habits.add_row(habit, share)
+    console = Console(width=80)
+    console.print(table, habits)
+    console.print(f"{summary['seconds']:.0f} s; every call in {out}")
+
+
+if __name__ == "__main__":
+    main()
