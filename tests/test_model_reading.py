@@ -116,6 +116,19 @@ def test_guesses_past_the_bound_are_dropped_oldest_first_and_a_failure_reaches_i
     assert queue.submit(lambda: "still working", waited_on=True).result(5) == "still working"
 
 
+def test_a_caller_waits_no_longer_than_the_budget_behind_other_calls_work():
+    queue, release = _blocked_queue(wait_s=0.2)  # another call's reading holds the model
+    ran: list[str] = []
+    read = ReadAhead(lambda agent_text, caller_text: ran.append(caller_text) or None, queue)
+    started = time.monotonic()
+    assert read(None, "Two nights from Friday.") is None  # the rules read this turn
+    waited = time.monotonic() - started
+    release.set()
+    assert 0.2 <= waited < 2.0 and queue.late == 1
+    assert queue.submit(lambda: "next turn", waited_on=True).result(5) == "next turn"
+    assert ran == []  # the reading nobody waits for any more was dropped, not run late
+
+
 def test_calls_sharing_a_queue_read_a_finished_turn_before_another_calls_guess():
     from agent.dialogue.model_queue import ModelQueue
 

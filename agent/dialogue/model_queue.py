@@ -4,13 +4,15 @@ On a CPU the model reads one turn at a time fastest (its threads already use the
 work goes through one queue with one worker. A reading started at a caller's pause (`ReadAhead`) is a guess
 and waits behind any turn a caller has finished; when its own turn ends it is hurried to the front. Guesses
 are bounded: past `max_guesses` waiting, the oldest is dropped (its turn is then read when it ends), so a
-burst of callers cannot queue up work nobody is waiting for yet.
+burst of callers cannot queue up work nobody is waiting for yet. A caller's wait is bounded too (`wait`):
+past `wait_s` — behind other calls' work and decoding together — the turn goes on without the model.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 WAITED_ON, GUESS = 0, 1
 
@@ -39,8 +42,13 @@ class _Job:
 class ModelQueue:
     """A priority queue of model work with its own worker threads (one by default)."""
 
-    def __init__(self, workers: int = 1, max_guesses: int = 8, name: str = "model-work") -> None:
+    def __init__(
+        self, workers: int = 1, max_guesses: int = 8, name: str = "model-work", wait_s: float | None = None
+    ) -> None:
+        """`wait_s`: the longest a caller waits on work (`wait`); None: as long as it takes."""
         self.max_guesses = max_guesses
+        self.wait_s = wait_s
+        self.late = 0  # waits that ran out: the turn went on without the model
         self._heap: list[_Entry] = []
         self._jobs: dict[Future[Any], _Job] = {}
         self._seq = itertools.count()
@@ -63,6 +71,20 @@ class ModelQueue:
                 self._bound_guesses()
             self._lock.notify()
         return future
+
+    def wait(self, future: Future[T]) -> T | None:
+        """The result of work a caller is waiting on, or None once `wait_s` has passed (counted from this
+        call: its wait behind other calls' work and its own decoding together). Work not started by then is
+        dropped; work under way finishes and is ignored (the reader's own time limit ends it)."""
+        try:
+            return future.result(timeout=self.wait_s)
+        except TimeoutError:
+            future.cancel()
+            with self._lock:
+                self._jobs.pop(future, None)
+                self.late += 1
+            log.info("the model's work took over %.2f s with the queue; the turn goes on without it", self.wait_s)
+            return None
 
     def hurry(self, future: Future[Any]) -> None:
         """The turn this work guessed at has ended: its caller is waiting now."""

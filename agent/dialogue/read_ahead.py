@@ -5,7 +5,8 @@ starts then, in its own thread, and the dialogue takes it when the turn is final
 One `ReadAhead` per call. Only the latest guess is kept: if the caller goes on talking, the words change and
 the guess is dropped (its thread finishes and is ignored); a turn that was never guessed is read on the spot.
 With a shared `ModelQueue` (a server's calls), the guesses of every call wait behind any turn a caller has
-finished, and a guess whose turn ends is hurried to the front.
+finished, a guess whose turn ends is hurried to the front, and a caller waits no longer than the queue's
+`wait_s` for a reading (the rules read the turn instead).
 """
 
 from __future__ import annotations
@@ -53,14 +54,15 @@ class ReadAhead:
         guess, self._guess = self._guess, None
         if guess is not None and guess[0] == (agent_text, caller_text) and not guess[1].cancelled():
             self.hits += 1
-            if self._queue is not None:
-                self._queue.hurry(guess[1])
             with contextlib.suppress(CancelledError):  # dropped by the queue's bound after all: read it now
+                if self._queue is not None:
+                    self._queue.hurry(guess[1])
+                    return self._queue.wait(guess[1])
                 return guess[1].result()
         if guess is not None:
             guess[1].cancel()
         if self._queue is not None:
-            return self._queue.submit(lambda: self._read(agent_text, caller_text), waited_on=True).result()
+            return self._queue.wait(self._queue.submit(lambda: self._read(agent_text, caller_text), waited_on=True))
         return self._read(agent_text, caller_text)
 
     def close(self) -> None:

@@ -128,8 +128,9 @@ class Settings(BaseSettings):
     )
     model_understanding_budget_ms: int | None = Field(
         default=1500,
-        description="A model reading still decoding after this long is abandoned and the rules read that turn "
-        "(a caller waits for it); None = no limit.",
+        description="The longest a caller waits for the model's reading of a turn — its wait behind other calls' "
+        "readings and its decoding together; then the rules read that turn (a reading still decoding is "
+        "abandoned). None = no limit.",
     )
     voice_llm: bool = Field(
         default=False,

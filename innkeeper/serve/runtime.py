@@ -63,7 +63,9 @@ class AgentRuntime:
         self.slot = ModelSlot(llm)
         self._reader: ModelReader | None = None
         # Every call's model readings, one at a time, a turn a caller waits on before any read-ahead guess.
-        self.model_queue = ModelQueue(workers=1)
+        budget_ms = settings.model_understanding_budget_ms
+        # A caller waits at most the reading budget for the model, its wait behind other calls' readings included.
+        self.model_queue = ModelQueue(workers=1, wait_s=None if budget_ms is None else budget_ms / 1000)
 
     @property
     def hotel(self) -> HotelProfile:
