@@ -17,7 +17,7 @@ from typing import Any
 from agent.understanding.action import ActionIntent, TurnAction
 from agent.understanding.intents import Intent, read_turn
 from tuning.data.actions import ActionExample, multiwoz_action_examples, sgd_action_examples
-from tuning.evaluate.understanding import json_lines
+from tuning.evaluate.understanding import dialogue_format, json_lines
 
 # What the annotations say reliably: "other" and "transfer" are rare or absent there, modify/cancel too.
 SGD_SCORED = (
@@ -71,17 +71,10 @@ def read_examples(paths: Iterable[Path]) -> tuple[list[ActionExample], tuple[Act
     examples: list[ActionExample] = []
     scored = SGD_SCORED
     for where, dialogue in json_lines(paths):
-        multiwoz = _is_multiwoz(dialogue, where)
+        multiwoz = dialogue_format(dialogue, where=where) == "multiwoz"
         scored = MULTIWOZ_SCORED if multiwoz else scored
         examples += (multiwoz_action_examples if multiwoz else sgd_action_examples)(dialogue)
     return examples, scored
-
-
-def _is_multiwoz(dialogue: Any, where: str) -> bool:
-    turns = dialogue.get("turns") if isinstance(dialogue, dict) else None
-    if not isinstance(turns, list) or "dialogue_id" not in dialogue:
-        raise ValueError(f"{where}: not a dialogue (no dialogue_id and turns)")
-    return any("dialog_act" in turn for turn in turns)
 
 
 @dataclass

@@ -88,13 +88,18 @@ def json_lines(paths: Iterable[Path]) -> Iterator[tuple[str, Any]]:
                     raise ValueError(f"{path}:{number}: not a JSON line ({exc.msg})") from None
 
 
-def parse_dialogue(raw: dict[str, Any], *, where: str = "") -> Dialogue:
-    turns = raw.get("turns")
+def dialogue_format(raw: Any, *, where: str = "") -> str:
+    """ "sgd" (turns with frames) or "multiwoz"; ValueError for anything that is not an annotated dialogue."""
+    turns = raw.get("turns") if isinstance(raw, dict) else None
     if not isinstance(turns, list) or "dialogue_id" not in raw:
-        raise ValueError(f"{where}: a dialogue needs 'dialogue_id' and a list of 'turns'")
-    if any("frames" in t for t in turns):
-        return Dialogue(str(raw["dialogue_id"]), "sgd", list(_sgd_turns(turns)))
-    return Dialogue(str(raw["dialogue_id"]), "multiwoz", list(_multiwoz_turns(turns)))
+        raise ValueError(f"{where}: not a dialogue (a dialogue needs 'dialogue_id' and a list of 'turns')")
+    return "sgd" if any("frames" in t for t in turns) else "multiwoz"
+
+
+def parse_dialogue(raw: dict[str, Any], *, where: str = "") -> Dialogue:
+    if dialogue_format(raw, where=where) == "sgd":
+        return Dialogue(str(raw["dialogue_id"]), "sgd", list(_sgd_turns(raw["turns"])))
+    return Dialogue(str(raw["dialogue_id"]), "multiwoz", list(_multiwoz_turns(raw["turns"])))
 
 
 def _sgd_turns(turns: list[dict[str, Any]]) -> Iterator[UserTurn]:
