@@ -24,6 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
+from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
 
 from agent.call.calllog import CallLog
@@ -51,9 +52,19 @@ def run(calls: int, seed: int, reading: Path | None, threads: int) -> dict:
             settings = settings.model_copy(update={"llm_model": str(reading.resolve()), "model_understanding": True})
             llm = load_chat_model(settings)
         started = time.perf_counter()
-        placed, _ = asyncio.run(
-            place_calls(settings, scripts, workers=1, llm=llm, caller=OffScriptCaller, channel="twilio")
-        )
+        with Progress(*Progress.get_default_columns(), MofNCompleteColumn()) as progress:
+            task = progress.add_task("calls", total=len(scripts))
+            placed, _ = asyncio.run(
+                place_calls(
+                    settings,
+                    scripts,
+                    workers=1,
+                    llm=llm,
+                    caller=OffScriptCaller,
+                    channel="twilio",
+                    on_call=lambda _: progress.advance(task),
+                )
+            )
         seconds = time.perf_counter() - started
         db = Database.from_settings(settings)
         try:

@@ -14,6 +14,7 @@ import asyncio
 import random
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -419,13 +420,14 @@ async def place_calls(
     today: date = TODAY,
     caller: type[Caller] | None = None,
     channel: str = "text",
+    on_call: Callable[[PlacedCall], None] | None = None,
 ) -> tuple[list[PlacedCall], dict[str, Any]]:
     """Place every scripted call through the real brain, `workers` at a time; returns the calls and timings.
 
     `llm` words the replies (behind the brain's grounding check) and, with `settings.model_understanding`,
     reads each turn; None: the exact templates and the rules. `caller`: the kind of caller (default
     `Caller`); `channel`: as the brain sees the call (a voice channel keeps the templates speaking unless
-    `settings.voice_llm`).
+    `settings.voice_llm`). `on_call` hears of each call as it ends (progress).
     """
     from agent.reply.wording import TEMPLATE_ONLY_ACTS
     from innkeeper.core.codes import CODE_PATTERN
@@ -475,7 +477,7 @@ async def place_calls(
                 line = person.next_line(act, reply)
             end = "completed" if convo.ended else ("hangup" if person.hung_up else "stuck")
             await convo.close("completed" if end == "completed" else "hangup")
-            return PlacedCall(
+            placed = PlacedCall(
                 call_id=convo.call_id or "",
                 kind="card" if script.card else script.kind,
                 card=script.card,
@@ -487,6 +489,9 @@ async def place_calls(
                 asked=person.stay() if script.kind == "booking" else {},
                 wording=dict(wording),
             )
+            if on_call is not None:
+                on_call(placed)
+            return placed
 
     started = time.perf_counter()
     # Scripts start in order (the semaphore is fair), so a cancellation usually finds earlier bookings.
