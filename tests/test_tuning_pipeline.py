@@ -57,3 +57,22 @@ def test_align_then_tune_then_eval(tiny_settings, sqlite_db):
         bookings = measured["measures"]["scripted_bookings"]
         assert (bookings["calls"], bookings["exact"], bookings["model_worded"]) == (2, 2, 0)
     assert "scripted bookings made as asked" in table
+
+
+def test_the_configured_method_options_reach_the_method(tiny_settings, sqlite_db):
+    """INNKEEPER_TUNE_METHOD_OPTIONS: rehearsal toward the start model's predictions, as the nightly would run it."""
+    options = {"ratio": 0.25, "anchor": "kl", "anchor_weight": 4.0}
+    settings = tiny_settings.model_copy(update={"tune_method": "projected_replay", "tune_method_options": options})
+    cfg = ProjectedConfig(steps=2, batch_size=2, eps=0.9, lr=1e-3, progress=False)
+    import_dialogues(sqlite_db, load_shared_dialogues(settings.shared_data, ("star_hotel",))[:20])
+    tuned = run_domain_tuning(settings, method="projected_replay", cfg=cfg, db=sqlite_db, size=SIZE)
+    config = json.loads((tuned.artifact / "manifest.json").read_text())["config"]
+    assert config["method"] == "projected_replay" and {k: config[k] for k in options} == options
+    with pytest.raises(TypeError, match="nonsense"):  # an option the method does not take is an error, not ignored
+        run_domain_tuning(
+            settings.model_copy(update={"tune_method_options": {"nonsense": 1}}),
+            method="projected_replay",
+            cfg=cfg,
+            db=sqlite_db,
+            size=SIZE,
+        )

@@ -209,7 +209,7 @@ def _curate(settings: Settings, db: Database, run: NightlyRun, force: bool, repo
 def _train(settings: Settings, run: NightlyRun, size: CorpusSize, overrides: dict[str, Any]) -> dict[str, Any]:
     from innkeeper.models.artifacts import verify_artifact
     from innkeeper.models.resolve import guarded_dir, start_model_dir
-    from tuning.pipeline import tune, tune_config
+    from tuning.pipeline import method_options, tune, tune_config
 
     artifact = run.dir / "artifact"
     base_dir = start_model_dir(settings)
@@ -239,6 +239,7 @@ def _train(settings: Settings, run: NightlyRun, size: CorpusSize, overrides: dic
         out_dir=run.dir,
         lineage=lineage,
         size=size,
+        method_options=method_options(settings, settings.tune_method),
     )
     return {"artifact": str(outcome.artifact), "metrics": outcome.metrics, **started_from}
 

@@ -285,7 +285,13 @@ def run_domain_tuning(
             "split_seed": 0,
         },
         size=size,
+        method_options=method_options(settings, method),
     )
+
+
+def method_options(settings: Settings, method: str) -> dict[str, Any]:
+    """The configured options of `method` (settings.tune_method_options belong to settings.tune_method only)."""
+    return dict(settings.tune_method_options) if method == settings.tune_method else {}
 
 
 # ---------------------------------------------------------------------- the guarded base

@@ -156,6 +156,12 @@ class Settings(BaseSettings):
 
     # Tuning defaults (`innkeeper tune ...` options override them).
     tune_method: str = Field(default="projected", description="projected | full | lora | replay | projected_replay")
+    tune_method_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Options of tune_method, as JSON: e.g. for projected_replay "
+        '{"ratio": 0.25, "anchor": "kl", "anchor_weight": 4.0} (rehearsal toward the start model\'s predictions); '
+        'for lora {"r": 16, "alpha": 32}. Used only when the method run is tune_method.',
+    )
     tune_eps: float = Field(default=0.9, description="protected energy fraction per layer")
     tune_row_budget: float = Field(default=1.0, description="fraction of output rows allowed to change")
     tune_source_weights: dict[str, float] = Field(
