@@ -76,12 +76,21 @@ def run(calls: int, seed: int, reading: Path | None, threads: int) -> dict:
                 outcome = "exact" if exact else ("wrong" if call.booked_code else "not booked")
                 row = {"index": script.index, "habits": habits[script.index], "outcome": outcome, "turns": call.turns}
                 row |= {"end": call.end, "asked": call.asked, "acts": call.acts}
+                turns = log.transcript(call.call_id)
+                metas = [_meta(t.tool_calls) for t in turns if t.role == "agent"]
+                row["model_read"] = sum(m.get("understanding") == "model" for m in metas)
+                row["disagreed"] = sum(bool(m.get("disagreements")) for m in metas)
                 if outcome != "exact":
-                    row["transcript"] = [f"{t.role}: {t.text}" for t in log.transcript(call.call_id)]
+                    row["transcript"] = [f"{t.role}: {t.text}" for t in turns]
                 rows.append(row)
         finally:
             db.close()
     return {"reading": str(reading) if reading else None, "seconds": round(seconds, 1), "calls": rows}
+
+
+def _meta(tool_calls: list[dict] | None) -> dict:
+    """An agent turn's meta entry (how the caller's turn was understood and worded)."""
+    return next((c["meta"] for c in tool_calls or [] if "meta" in c), {})
 
 
 def summarize(result: dict) -> dict:
@@ -97,6 +106,8 @@ def summarize(result: dict) -> dict:
         "wrong": outcomes["wrong"],
         "not_booked": outcomes["not booked"],
         "mean_turns": round(sum(r["turns"] for r in rows) / max(len(rows), 1), 1),
+        "model_read_share": round(sum(r["model_read"] for r in rows) / max(sum(r["turns"] for r in rows), 1), 3),
+        "turns_disagreed": sum(r["disagreed"] for r in rows),
         "exact_by_habit": by_habit,
         "seconds": result["seconds"],
     }
@@ -114,9 +125,10 @@ def main() -> None:
     result["summary"] = summary = summarize(result)
     out = args.out or RESULTS / f"off_script_calls{'_reading' if args.reading else ''}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
-    table = Table("understanding", "calls", "exact", "wrong", "not booked", "turns", title="off-script booking calls")
-    who = "model, rules second" if args.reading else "rules"
-    table.add_row(who, *(str(summary[k]) for k in ("calls", "exact", "wrong", "not_booked", "mean_turns")))
+    table = Table("reader", "calls", "exact", "wrong", "no booking", "turns", "model read", title="off-script calls")
+    who = "model+rules" if args.reading else "rules"
+    cells = [str(summary[k]) for k in ("calls", "exact", "wrong", "not_booked", "mean_turns")]
+    table.add_row(who, *cells, f"{summary['model_read_share']:.0%}")
     habits = Table("habit", "exact / calls with it", title="by habit (a call has several)")
     for habit, share in summary["exact_by_habit"].items():
         habits.add_row(habit, share)

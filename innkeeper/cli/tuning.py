@@ -47,6 +47,16 @@ def _tune_config(settings: Settings, **overrides: object):
     return tune_config(settings, **overrides)
 
 
+def training_settings() -> Settings:
+    """The settings of a tuning command; the process then yields the CPU to calls (`tune_yields_cpu`)."""
+    settings = cli_settings()
+    if settings.tune_yields_cpu:
+        from innkeeper.core.priority import yield_cpu_to_calls
+
+        yield_cpu_to_calls()
+    return settings
+
+
 @tune_app.command("align")
 def tune_align(
     steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
@@ -56,7 +66,7 @@ def tune_align(
     from innkeeper.models.resolve import guarded_dir
     from tuning.pipeline import align, outcome_summary
 
-    settings = cli_settings()
+    settings = training_settings()
     outcome = align(settings, _tune_config(settings, steps=steps, eps=eps))
     console.print_json(json.dumps(outcome_summary(outcome), default=str))
     console.print(
@@ -83,8 +93,8 @@ def tune_run(
     from tuning import distributed
     from tuning.pipeline import outcome_summary, run_domain_tuning
 
+    settings = training_settings()  # before the process group starts its threads: they inherit the priority
     distributed.start()
-    settings = cli_settings()
     db = Database.from_settings(settings)
     db.migrate()
     cfg = _tune_config(settings, steps=steps, eps=eps, lr=lr, row_budget=row_budget, grad_accum=grad_accum)
@@ -101,7 +111,7 @@ def tune_nightly(
     """Learn from the logged calls: curate, train, evaluate, gate, register, promote (resumes a killed run)."""
     from tuning.nightly import run_nightly
 
-    settings = cli_settings()
+    settings = training_settings()
     try:
         report = run_nightly(settings, force=force, console=console, overrides={"steps": steps} if steps else None)
     except Exception as err:  # the top of a cron job: say what failed; the next run resumes from that step
@@ -140,7 +150,7 @@ def tune_eval(
     from innkeeper.simulation.scripted_bookings import measure_into
     from tuning.pipeline import evaluate_model
 
-    settings = cli_settings()
+    settings = training_settings()
 
     def booking_calls_measure(result: dict, chat_model: object) -> bool:
         return measure_into(result, chat_model, settings, booking_calls)

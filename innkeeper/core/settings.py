@@ -176,6 +176,11 @@ class Settings(BaseSettings):
         default=1, ge=1, description="micro-batches per optimizer step (a multiple of the processes when launched)"
     )
     tune_eval_size: str = Field(default="medium", description="tiny | small | medium | large evaluation suite")
+    tune_yields_cpu: bool = Field(
+        default=True,
+        description="The tuning commands (tune align / run / nightly / eval, and the dashboard's nightly run) take "
+        "a core only when no call wants it: nice 19 and, on Linux, SCHED_IDLE (innkeeper/core/priority.py).",
+    )
 
     # Nightly data (tuning/data/curate.py, tuning/data/canaries.py): what the nightly job may learn from.
     nightly_require_consent: bool = Field(
