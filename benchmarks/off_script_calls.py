@@ -39,7 +39,7 @@ from innkeeper.simulation.text_callers import TODAY, place_calls
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def run(calls: int, seed: int, reading: Path | None, threads: int) -> dict:
+def run(calls: int, seed: int, reading: Path | None, threads: int, budget_ms: int | None = None) -> dict:
     """Place the calls in a fresh home; every call's outcome, habits and (if not exact) its transcript."""
     scripts = off_script_scripts(calls, seed)
     habits = {s.index: sorted(OffScriptCaller(s, None, TODAY).habits) for s in scripts}
@@ -49,7 +49,8 @@ def run(calls: int, seed: int, reading: Path | None, threads: int) -> dict:
         if reading is not None:
             from innkeeper.models.resolve import load_chat_model
 
-            settings = settings.model_copy(update={"llm_model": str(reading.resolve()), "model_understanding": True})
+            update = {"model_understanding": True, "model_understanding_budget_ms": budget_ms}
+            settings = settings.model_copy(update={"llm_model": str(reading.resolve()), **update})
             llm = load_chat_model(settings)
         started = time.perf_counter()
         with Progress(*Progress.get_default_columns(), MofNCompleteColumn()) as progress:
@@ -85,7 +86,8 @@ def run(calls: int, seed: int, reading: Path | None, threads: int) -> dict:
                 rows.append(row)
         finally:
             db.close()
-    return {"reading": str(reading) if reading else None, "seconds": round(seconds, 1), "calls": rows}
+    reader = {"model": str(reading), "budget_ms": budget_ms} if reading else None
+    return {"reading": reader, "seconds": round(seconds, 1), "calls": rows}
 
 
 def _meta(tool_calls: list[dict] | None) -> dict:
@@ -119,9 +121,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=23)
     parser.add_argument("--reading", type=Path, help="a model directory that reads every caller turn")
     parser.add_argument("--threads", type=int, default=1, help="model threads")
+    parser.add_argument(
+        "--budget-ms",
+        type=int,
+        help="a reading's time limit, as served (default: none — this measures what the model understands, "
+        "not how fast; `benchmarks/voice_latency.py --reading` measures the time)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    result = run(args.calls, args.seed, args.reading, args.threads)
+    result = run(args.calls, args.seed, args.reading, args.threads, args.budget_ms)
     result["summary"] = summary = summarize(result)
     out = args.out or RESULTS / f"off_script_calls{'_reading' if args.reading else ''}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")

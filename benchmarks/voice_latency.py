@@ -11,6 +11,7 @@ and TTS measured in this process before the server starts. Prints tables and wri
 
     .venv/bin/python benchmarks/voice_latency.py [--calls 1 2 4] [--url ws://127.0.0.1:8080]
     .venv/bin/python benchmarks/voice_latency.py --capacity --finished-words   # ramp 1, 2, 3, … calls until p95 > 1.5 s
+    .venv/bin/python benchmarks/voice_latency.py --calls 1 2 --beside-training idle     # while `tune run` trains
 
 `--capacity` measures one machine's capacity: the server admits any number of calls (INNKEEPER_MAX_CALLS
 lifted), the levels rise one call at a time until a level's p95 passes `--p95-limit-ms` or a turn goes
@@ -28,6 +29,8 @@ import asyncio
 import json
 import os
 import platform
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -259,6 +262,47 @@ STAGE_ROWS = (
 )
 
 
+# ---------------------------------------------------------------- training beside the calls
+
+
+class TrainingBeside:
+    """`innkeeper tune run --method full` on the same machine while the calls are measured: the nightly job's
+    work, as a hotel that trains on its only server would have it. `idle`: as shipped (the tuning commands
+    yield the CPU to calls, INNKEEPER_TUNE_YIELDS_CPU=1); otherwise at normal priority, for comparison."""
+
+    STEPS = re.compile(r"(\d+)/\d+ \[")
+
+    def __init__(self, home: Path, *, idle: bool) -> None:
+        self.idle = idle
+        env = {**os.environ, "INNKEEPER_HOME": str(home), "INNKEEPER_TUNE_YIELDS_CPU": "1" if idle else "0"}
+        command = [sys.executable, "-m", "innkeeper.cli", "tune", "run", "--method", "full", "--steps", "100000"]
+        self.log = home / "training.log"
+        home.mkdir(parents=True, exist_ok=True)
+        self._out = self.log.open("wb")
+        self.process = subprocess.Popen(command, env=env, stdout=self._out, stderr=subprocess.STDOUT)
+
+    def steps(self) -> int:
+        """Optimizer steps finished so far (from the run's progress bar)."""
+        found = self.STEPS.findall(self.log.read_text(errors="replace"))
+        return int(found[-1]) if found else 0
+
+    def wait_until_training(self, timeout_s: float = 900.0) -> None:
+        """Until the first optimizer step is done (the model loaded, the corpus built)."""
+        deadline = time.monotonic() + timeout_s
+        while self.steps() < 1:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the training beside the calls did not start:\n{self.log.read_text()[-2000:]}")
+            time.sleep(2.0)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self._out.close()
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -276,6 +320,11 @@ def main() -> None:
     )
     parser.add_argument("--p95-limit-ms", type=float, default=1500.0, help="with --capacity: the p95 line")
     parser.add_argument("--max-calls", type=int, default=12, help="with --capacity: the highest level tried")
+    parser.add_argument(
+        "--beside-training",
+        choices=("idle", "normal"),
+        help="measure while `tune run` trains on the same machine: as shipped (idle priority) or at normal priority",
+    )
     args = parser.parse_args()
     if args.capacity:
         args.calls = list(range(1, args.max_calls + 1))
@@ -302,17 +351,31 @@ def main() -> None:
         except RuntimeError as exc:
             console.print(f"[red]could not start the server: {exc}")
             sys.exit(1)
+        training, beside = None, None
         try:
             token = server.token if server is not None else settings.admin_token  # for the call records
             limit = args.p95_limit_ms if args.capacity else None
+            if args.beside_training:
+                training = TrainingBeside(Path(home) / "trainer", idle=args.beside_training == "idle")
+                training.wait_until_training()
+                steps_before, started = training.steps(), time.monotonic()
             levels = asyncio.run(measure(url, lines, args.calls, token, limit))
+            if training is not None:
+                trained = training.steps() - steps_before
+                beside = {"priority": args.beside_training, "steps_during_calls": trained}
+                beside["seconds"] = round(time.monotonic() - started, 1)
+                console.print(f"training beside the calls ({args.beside_training} priority): {trained} steps")
         finally:
+            if training is not None:
+                training.stop()
             if server is not None:
                 server.stop()
         if any(level["server_errors"] or level["failed_calls"] for level in levels) and server is not None:
             console.print(f"[yellow]server log tail:\n{server.log_tail()}")
     print_tables(levels, rtf)
     default = RESULTS.with_name("capacity.json") if args.capacity else RESULTS
+    if args.beside_training:
+        default = RESULTS.with_name(f"voice_latency_beside_training_{args.beside_training}.json")
     results = args.out or (RESULTS.with_name("voice_latency_llm.json") if args.llm else default)
     results.parent.mkdir(parents=True, exist_ok=True)
     result = {
@@ -327,6 +390,7 @@ def main() -> None:
         "targets_ms": {f"{stat} at {calls} call(s)": limit for (calls, stat), limit in TARGETS.items()},
         "levels": levels,
         "speech_rtf": rtf,
+        "beside_training": beside,
     }
     if args.capacity:
         carried = [level["concurrency"] for level in levels if not past_capacity(level, args.p95_limit_ms)]

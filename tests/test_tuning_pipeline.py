@@ -76,3 +76,16 @@ def test_the_configured_method_options_reach_the_method(tiny_settings, sqlite_db
             db=sqlite_db,
             size=SIZE,
         )
+
+
+def test_full_fine_tuning_does_not_build_the_protected_corpus(tiny_settings, sqlite_db, monkeypatch):
+    import tuning.pipeline
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the protected corpus was built for a method that never reads it")
+
+    monkeypatch.setattr(tuning.pipeline, "protected_examples", refuse)
+    cfg = ProjectedConfig(steps=1, batch_size=2, lr=1e-3, progress=False)
+    import_dialogues(sqlite_db, load_shared_dialogues(tiny_settings.shared_data, ("star_hotel",))[:10])
+    tuned = run_domain_tuning(tiny_settings, method="full", cfg=cfg, db=sqlite_db, size=SIZE)
+    assert verify_artifact(tuned.artifact) == [] and tuned.metrics["steps"] == 1

@@ -205,13 +205,16 @@ def tune(
     """Train `method` from `base_dir` on `train_examples`; save the delta artifact under `out_dir`."""
     chat = ChatModel(base_dir, threads=settings.llm_threads)
     base_state = {name: tensor.detach().clone() for name, tensor in chat.model.state_dict().items()}
+    chosen = get_method(method)
+    if protected is None and not (chosen.needs_bases or chosen.needs_protected):
+        protected = ([], {})  # full fine-tuning and LoRA never look at the protected corpus: do not build it
     if protected is None:
         protected = distributed.from_main(lambda: protected_examples(chat, settings, size, seed=cfg.seed))
     protected_list, provenance = protected
     train_batches = as_batches(train_examples, chat.tokenizer, cfg.batch_size, seed=cfg.seed)
     eval_batches = as_batches(eval_examples, chat.tokenizer, cfg.batch_size, seed=0)
     bases = masks = None
-    if get_method(method).needs_bases:
+    if chosen.needs_bases:
         # Computed once, on the main rank of a launched job, and sent to the others.
         calibration = tuning_root(settings) / "calibration"
         bases = distributed.from_main(lambda: calibrated(chat, protected_list, provenance, cfg, calibration))
