@@ -465,6 +465,24 @@ def test_the_models_yes_books_where_the_rules_hear_none_and_a_goodbye_ends_a_boo
     assert len(runtime.tools.list_bookings()) == 1
 
 
+def test_a_name_given_with_thanks_is_an_answer_even_when_the_model_reads_a_goodbye(runtime):
+    """Found by benchmarks/off_script_calls.py: the taught reader read "<name>, thanks." as a closing only, and
+    the agent hung up mid-booking. A turn that answers the agent's question is not a goodbye."""
+    from agent.understanding.action import ActionIntent, TurnAction
+
+    def reader(agent_text, caller_text):  # every thank-you read as leaving, the name's included
+        return TurnAction(intents=[ActionIntent.CLOSE]) if "thank" in caller_text.lower() else None
+
+    convo = runtime.new_conversation()
+    convo.dialogue.reader = reader
+    replies, convo = talk(runtime, ("A room December 7 for 2 nights, two adults.", "The standard queen."), convo)
+    assert "name" in replies[-1].lower(), replies
+    replies, convo = talk(runtime, ("Ana Diaz, thanks.",), convo)
+    assert "Goodbye" not in replies[-1] and "phone" in replies[-1].lower(), replies
+    replies, convo = talk(runtime, ("Never mind, thanks.",), convo)  # not a name: the caller is leaving
+    assert "nothing has been booked" in replies[-1] and "Goodbye" in replies[-1], replies
+
+
 def test_the_rules_yes_stands_against_the_models_no_and_the_turn_is_flagged(runtime, db):
     from agent.understanding.action import ActionIntent, TurnAction
 

@@ -28,8 +28,9 @@ from agent.dialogue.spoken import say_money, spell
 from agent.dialogue.state import DialogueState, ReplyPlan, Stage
 from agent.dialogue.tools import HotelTools
 from agent.understanding.action import TurnAction
+from agent.understanding.contacts import find_phone
 from agent.understanding.dates import StayDates, parse_guest_count, parse_stay
-from agent.understanding.intents import TOPIC_WORDS, Intent, TurnMeaning, read_turn
+from agent.understanding.intents import TOPIC_WORDS, Intent, TurnMeaning, find_name, read_turn
 from agent.understanding.merge import with_model_intents
 from innkeeper.core.hotel import HotelProfile
 
@@ -247,7 +248,24 @@ class DialogueManager:
         """ "Thanks, that's all for now" in the middle of a task: the caller is leaving, not answering."""
         if Intent.GOODBYE not in meaning.intents or self.state.stage in (Stage.OPEN, Stage.ENDED):
             return False
+        if self._answers_the_question(text):
+            return False
         return not (meaning.intents & _TASKS or meaning.affirm or meaning.topics or re.search(r"\d", text))
+
+    def _answers_the_question(self, text: str) -> bool:
+        """The turn gives what the agent just asked for, with thanks: "Wanjiru Dubois, thanks." after the name
+        was asked is an answer, not a goodbye (a model reading it as a closing ended a booking call)."""
+        if self._action is not None and any(v is not None for v in self._action.slots.model_dump().values()):
+            return True
+        pending = self.state.pending
+        if pending == "phone":
+            return find_phone(text) is not None
+        if pending in ("name", "surname"):
+            first, last = find_name(text, expecting=True)
+            # as typed: a capitalised name ("Never mind" is not one, though a bare-name reading would allow it)
+            said = [last] if pending == "surname" else [first, last]
+            return all(word and re.search(rf"\b{re.escape(word)}\b", text) for word in said)
+        return False
 
     def _goodbye(self) -> ReplyPlan:
         unfinished = self.state.stage not in (Stage.OPEN, Stage.ENDED) and self.state.booked is None
