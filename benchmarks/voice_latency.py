@@ -270,7 +270,7 @@ class TrainingBeside:
     work, as a hotel that trains on its only server would have it. `idle`: as shipped (the tuning commands
     yield the CPU to calls, INNKEEPER_TUNE_YIELDS_CPU=1); otherwise at normal priority, for comparison."""
 
-    STEPS = re.compile(r"(\d+)/\d+ \[")
+    STEPS = re.compile(r"full:\s+\d+%\|[^|\r\n]*\|\s*(\d+)/\d+")  # the training's own progress bar
 
     def __init__(self, home: Path, *, idle: bool) -> None:
         self.idle = idle
