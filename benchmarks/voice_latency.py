@@ -270,12 +270,13 @@ class TrainingBeside:
     work, as a hotel that trains on its only server would have it. `idle`: as shipped (the tuning commands
     yield the CPU to calls, INNKEEPER_TUNE_YIELDS_CPU=1); otherwise at normal priority, for comparison."""
 
-    STEPS = re.compile(r"full:\s+\d+%\|[^|\r\n]*\|\s*(\d+)/\d+")  # the training's own progress bar
+    METHOD = "full"
+    STEPS = re.compile(rf"{METHOD}:\s+\d+%\|[^|\r\n]*\|\s*(\d+)/\d+")  # the training's own progress bar
 
     def __init__(self, home: Path, *, idle: bool) -> None:
         self.idle = idle
         env = {**os.environ, "INNKEEPER_HOME": str(home), "INNKEEPER_TUNE_YIELDS_CPU": "1" if idle else "0"}
-        command = [sys.executable, "-m", "innkeeper.cli", "tune", "run", "--method", "full", "--steps", "100000"]
+        command = [sys.executable, "-m", "innkeeper.cli", "tune", "run", "--method", self.METHOD, "--steps", "100000"]
         self.log = home / "training.log"
         home.mkdir(parents=True, exist_ok=True)
         self._out = self.log.open("wb")
